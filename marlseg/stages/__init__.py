@@ -1,0 +1,35 @@
+"""The stage registry: stage name -> the class that implements it.
+
+Stages are imported lazily so a worker loads only what its stage needs (torch stays out of
+the fragment workers). Each workflow script is ``cli.main(<name>)`` over one entry here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from marlseg.stage import Stage
+
+STAGES: dict[str, str] = {
+    "pretrain": "marlseg.stages.pretrain:PretrainStage",
+    "train": "marlseg.stages.train:TrainStage",
+    "predict": "marlseg.stages.predict:PredictStage",
+    "fragments": "marlseg.stages.fragments:FragmentsStage",
+    "agglomerate": "marlseg.stages.agglomerate:AgglomerateStage",
+    "segments": "marlseg.stages.segments:SegmentsStage",
+    "extract": "marlseg.stages.extract:ExtractStage",
+    "evaluate": "marlseg.stages.evaluate:EvaluateStage",
+    "edge_rl": "marlseg.stages.edge_rl:EdgeRlStage",
+    "weak_labels": "marlseg.stages.weak_labels:WeakLabelsStage",
+}
+
+CHAIN = ["predict", "fragments", "agglomerate", "segments", "extract", "evaluate"]
+"""What ``workflows/run.py`` runs, in order."""
+
+
+def get_stage(name: str) -> type[Stage]:
+    try:
+        module, cls = STAGES[name].split(":")
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; known: {', '.join(STAGES)}") from None
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,15 @@
+"""Blockwise affinity prediction. Not built yet: the training issue builds it."""
+
+from __future__ import annotations
+
+from marlseg.errors import NotBuiltYet
+from marlseg.stage import Stage
+
+
+class PredictStage(Stage):
+    """Blockwise affinity prediction."""
+
+    name = "predict"
+
+    def check(self) -> None:
+        raise NotBuiltYet(self.name, "not built yet (the training issue); nothing was run")
