@@ -126,6 +126,16 @@ class BlockwiseStage(Stage):
         raise NotImplementedError
 
     # --- the runner -----------------------------------------------------
+    @classmethod
+    def stage_ref(cls) -> str:
+        """What the worker command names: the registry key, or ``module:Class`` for stages
+        outside the registry (plugins, tests)."""
+        from marlseg.stages import STAGES
+
+        if STAGES.get(cls.name) == f"{cls.__module__}:{cls.__qualname__}":
+            return cls.name
+        return f"{cls.__module__}:{cls.__qualname__}"
+
     @property
     def workers(self) -> WorkersConfig:
         return self.config.workers_for(self.name)
@@ -184,7 +194,7 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
         (track / "params.json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
         config_path = track / "worker_config.json"
         config_path.write_text(dump_config(stage.worker_config()))
-        launcher = make_launcher(stage.name, workers, config_path, log_dir)
+        launcher = make_launcher(stage.stage_ref(), workers, config_path, log_dir)
         daisy.logging.set_log_basedir(log_dir / "daisy")
 
         total_read_roi = total_roi.grow(context, context)

@@ -28,8 +28,10 @@ CHAIN = ["predict", "fragments", "agglomerate", "segments", "extract", "evaluate
 
 
 def get_stage(name: str) -> type[Stage]:
-    try:
-        module, cls = STAGES[name].split(":")
-    except KeyError:
-        raise KeyError(f"unknown stage {name!r}; known: {', '.join(STAGES)}") from None
+    """The stage class for a registered name, or for ``"package.module:Class"`` (plugins and
+    tests run their own stages through the same runner and worker)."""
+    target = name if ":" in name else STAGES.get(name)
+    if target is None:
+        raise KeyError(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
+    module, cls = target.split(":")
     return getattr(importlib.import_module(module), cls)
