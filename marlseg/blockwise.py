@@ -67,11 +67,17 @@ class RunSummary:
     def table(self) -> str:
         rows = [
             ("stage", self.stage),
-            ("blocks", f"{self.blocks_total} total, {self.blocks_done} done, "
-             f"{self.blocks_skipped} skipped (already done), {self.blocks_failed} failed, "
-             f"{self.blocks_orphaned} orphaned"),
-            ("workers", f"{self.num_workers} {self.worker_type}, {self.worker_failures} died, "
-             f"{self.worker_restarts} restarted"),
+            (
+                "blocks",
+                f"{self.blocks_total} total, {self.blocks_done} done, "
+                f"{self.blocks_skipped} skipped (already done), {self.blocks_failed} failed, "
+                f"{self.blocks_orphaned} orphaned",
+            ),
+            (
+                "workers",
+                f"{self.num_workers} {self.worker_type}, {self.worker_failures} died, "
+                f"{self.worker_restarts} restarted",
+            ),
             ("wall time", f"{self.wall_s:.1f} s"),
             ("throughput", f"{self.voxels_per_s / 1e6:.3f} Mvoxel/s over {self.voxels} voxels"),
             ("logs", self.log_dir),
@@ -208,14 +214,17 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
         )
         if workers.block_timeout:
             task_kwargs["timeout"] = workers.block_timeout
-        task = daisy.Task(
-            stage.name, total_read_roi, read_roi, write_roi, launcher, **task_kwargs
-        )
+        task = daisy.Task(stage.name, total_read_roi, read_roi, write_roi, launcher, **task_kwargs)
         mask = stage.skip_mask(list(task.block_grid_shape))
         if mask is not None:
             task = daisy.Task(
-                stage.name, total_read_roi, read_roi, write_roi, launcher,
-                skip_mask=mask, **task_kwargs,
+                stage.name,
+                total_read_roi,
+                read_roi,
+                write_roi,
+                launcher,
+                skip_mask=mask,
+                **task_kwargs,
             )
         host = workers.host or ("127.0.0.1" if workers.type == "local" else None)
         t0 = time.perf_counter()
@@ -224,9 +233,7 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
                 [task], return_states=True, progress=True, host=host, summary=False
             )
         except RuntimeError as e:  # abandonment: worker restart cap exhausted
-            raise StageFailed(
-                stage.name, f"gave up: {e}; worker logs: {log_dir}"
-            ) from None
+            raise StageFailed(stage.name, f"gave up: {e}; worker logs: {log_dir}") from None
         wall = time.perf_counter() - t0
 
     state = states[stage.name]

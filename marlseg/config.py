@@ -460,7 +460,9 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
         try:
             data = json.loads(p.read_text())
         except json.JSONDecodeError as e:
-            raise ConfigError(str(p), f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}")
+            raise ConfigError(
+                str(p), f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
+            ) from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(str(p), f"cannot read: {e}") from None
         if not isinstance(data, dict):

@@ -9,6 +9,7 @@ whole-volume stages (segment finding, training) implement :meth:`Stage.run` dire
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -51,5 +52,11 @@ def check_writable(field: str, path: Path) -> None:
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise ConfigError(field, f"{probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(field, f"{path} is not writable (no write permission on {probe})")
+    # Probe by creating (and removing) a file: permission bits lie for root and on
+    # read-only mounts, a real attempt does not.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".marlseg-probe-", dir=probe)
+    except OSError as e:
+        raise ConfigError(field, f"{path} is not writable ({e.strerror} in {probe})") from None
+    os.close(fd)
+    os.unlink(tmp)

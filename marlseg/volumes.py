@@ -64,18 +64,16 @@ def _spatial_meta(attrs: Any, ndim: int, where: str) -> tuple[Coordinate, Coordi
 
 
 def _array(data: Any, voxel_size: Coordinate, offset: Coordinate, n_channels: int) -> Array:
-    axis_names = [f"c{i}^" for i in range(n_channels)] + ["z", "y", "x"][-len(voxel_size) :]
-    if len(voxel_size) > 3:
-        axis_names = [f"c{i}^" for i in range(n_channels)] + [
-            f"d{i}" for i in range(len(voxel_size))
-        ]
+    n = len(voxel_size)
+    spatial = ["z", "y", "x"][-n:] if n <= 3 else [f"d{i}" for i in range(n)]
     return Array(
         data,
         offset=offset,
         voxel_size=voxel_size,
-        axis_names=axis_names,
-        units=["nm"] * len(voxel_size),
-        chunks="auto" if not hasattr(data, "chunks") or data.chunks is None else data.chunks,
+        axis_names=[f"c{i}" for i in range(n_channels)] + spatial,
+        units=["nm"] * n,
+        types=["channel"] * n_channels + ["space"] * n,
+        chunks="auto" if getattr(data, "chunks", None) is None else data.chunks,
     )
 
 
@@ -162,7 +160,7 @@ def prepare_volume(
         "voxel_size": list(voxel_size),
         "resolution": list(voxel_size),
         "offset": list(total_roi.offset),
-        "axis_names": (["c^"] if num_channels is not None else []) + ["z", "y", "x"],
+        "axis_names": (["c"] if num_channels is not None else []) + ["z", "y", "x"],
         "units": ["nm"] * 3,
         "types": (["channel"] if num_channels is not None else []) + ["space"] * 3,
     }

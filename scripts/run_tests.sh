@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command: lint, the fast unit suite, then the slow end-to-end suite (real daisy
+# workers, a real MongoDB-wire server, a real one-node Slurm when this machine can run one).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+mkdir -p test-artifacts
+
+# Services the slow suite needs. MongoDB (secantusdb) is started by the tests themselves.
+# Slurm needs root and Debian's packages; without them the Slurm tests skip, saying why.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  bash scripts/start_slurm.sh >test-artifacts/slurm-start.log 2>&1 \
+    && echo "slurm: up" || echo "slurm: could not start (see test-artifacts/slurm-start.log)"
+fi
+
+run() {  # pytest, where "no tests collected" (5) is not a failure of a group
+  "$PY" -m pytest "$@"
+  local rc=$?
+  [ $rc -eq 5 ] && { echo "(no tests in this group)"; return 0; }
+  return $rc
+}
+
+.venv/bin/ruff check . || exit 1
+run -m "not slow" -q -p no:cacheprovider || exit 1
+run -m slow -q -p no:cacheprovider || exit 1
