@@ -9,6 +9,11 @@ mkdir -p test-artifacts
 # Services the slow suite needs. MongoDB (secantusdb) is started by the tests themselves.
 # Slurm needs root and Debian's packages; without them the Slurm tests skip, saying why.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  # headless Chromium for the viewer's end-to-end test
+  command -v chromium >/dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+      >test-artifacts/chromium-install.log 2>&1 || echo "chromium: install failed (viewer browser test will skip)"
+  }
   bash scripts/start_slurm.sh >test-artifacts/slurm-start.log 2>&1 \
     && echo "slurm: up" || echo "slurm: could not start (see test-artifacts/slurm-start.log)"
 fi

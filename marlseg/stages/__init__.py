@@ -21,6 +21,7 @@ STAGES: dict[str, str] = {
     "evaluate": "marlseg.stages.evaluate:EvaluateStage",
     "edge_rl": "marlseg.stages.edge_rl:EdgeRlStage",
     "weak_labels": "marlseg.stages.weak_labels:WeakLabelsStage",
+    "view": "marlseg.viewer:ViewStage",
     "run": "marlseg.chain:ChainStage",
 }
 
