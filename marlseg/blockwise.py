@@ -32,7 +32,7 @@ from funlib.geometry import Coordinate, Roi
 
 from marlseg.config import WorkersConfig, dump_config
 from marlseg.errors import ConfigError, StageFailed
-from marlseg.launchers import make_launcher
+from marlseg.launchers import check_workers, make_launcher
 from marlseg.stage import Stage
 
 
@@ -94,6 +94,12 @@ class BlockwiseStage(Stage):
     say False and run every block in parallel."""
 
     # --- scheduler side -------------------------------------------------
+    def check(self) -> None:
+        """The run dir is writable and the workers can be launched (e.g. ``srun`` exists),
+        before any output is prepared. Subclasses call this first, then check their inputs."""
+        super().check()
+        check_workers(self.name, self.workers)
+
     def geometry(self) -> tuple[Roi, Coordinate, Coordinate]:
         """``(total write ROI, block write shape, context)`` in world units."""
         raise NotImplementedError
@@ -200,7 +206,7 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
         (track / "params.json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
         config_path = track / "worker_config.json"
         config_path.write_text(dump_config(stage.worker_config()))
-        launcher = make_launcher(stage.stage_ref(), workers, config_path, log_dir)
+        launcher = make_launcher(stage.stage_ref(), workers, config_path, log_dir, stage.name)
         daisy.logging.set_log_basedir(log_dir / "daisy")
 
         total_read_roi = total_roi.grow(context, context)
@@ -229,10 +235,13 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
         host = workers.host or ("127.0.0.1" if workers.type == "local" else None)
         t0 = time.perf_counter()
         try:
-            states = daisy.run_blockwise(
-                [task], return_states=True, progress=True, host=host, summary=False
-            )
+            # issue 6: no cluster job outlives the run (exit, error, Ctrl-C, SIGTERM)
+            with launcher.session():
+                states = daisy.run_blockwise(
+                    [task], return_states=True, progress=True, host=host, summary=False
+                )
         except RuntimeError as e:  # abandonment: worker restart cap exhausted
+            launcher.raise_submit_error()  # issue 6: "<stage>.workers: srun failed: <why>"
             raise StageFailed(stage.name, f"gave up: {e}; worker logs: {log_dir}") from None
         wall = time.perf_counter() - t0
 

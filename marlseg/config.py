@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -83,39 +84,91 @@ class DbConfig(Section):
     nodes must reach it."""
 
 
+GPU_STAGES = ("predict", "train", "pretrain")
+"""Stages whose cluster workers get one GPU each unless ``workers.gpus`` says otherwise."""
+
+_TIME_LIMIT = re.compile(r"^(?:(\d+)-)?(\d+):(\d\d):(\d\d)$")
+
+
+def time_limit_seconds(value: str) -> int:
+    """Seconds in a ``workers.time_limit``: minutes (``"90"``), ``HH:MM:SS`` or
+    ``D-HH:MM:SS``. Raises ValueError otherwise."""
+    if value.isdigit():
+        return int(value) * 60
+    m = _TIME_LIMIT.match(value)
+    if m is None or int(m.group(3)) > 59 or int(m.group(4)) > 59:
+        raise ValueError(f"expected minutes, HH:MM:SS or D-HH:MM:SS, got {value!r}")
+    days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
 class WorkersConfig(Section):
     """How a stage's workers run. The global ``workers`` section is the default; a stage's own
-    ``workers`` object overrides any of these keys for that stage alone."""
+    ``workers`` object overrides any of these keys for that stage alone. The scheduler keys
+    (``partition`` ... ``extra_flags``) apply to ``slurm``/``lsf`` workers; ``local`` workers
+    ignore them except ``cpus`` (their ``OMP_NUM_THREADS``)."""
 
     type: Literal["local", "slurm", "lsf"] = "local"
-    """``local``: worker processes on this machine; ``slurm``/``lsf``: one batch job each."""
+    """``local``: worker processes on this machine; ``slurm``: one ``srun`` job per worker;
+    ``lsf``: one ``bsub -K`` job per worker. Each runs ``python -m marlseg.worker STAGE
+    CONFIG`` and connects back to the scheduler (docs/cluster.md)."""
     num_workers: PosInt = 2
     """Workers running at once."""
     partition: str | None = None
-    """Slurm partition (``--partition``)."""
+    """Slurm partition (``--partition``); ``null``: the cluster's default."""
     queue: str | None = None
-    """LSF queue (``bsub -q``)."""
+    """LSF queue (``bsub -q``); ``null``: the cluster's default."""
     time_limit: str | None = None
-    """Wall-time limit per worker job, ``HH:MM:SS`` (Slurm ``--time``; LSF ``-W`` in minutes)."""
+    """Wall-time limit per worker job: minutes (``"90"``), ``HH:MM:SS`` or ``D-HH:MM:SS``
+    (Slurm ``--time``; LSF ``-W`` in whole minutes, rounded up). ``null``: the queue's
+    default."""
     cpus: PosInt = 1
-    """CPUs per worker."""
+    """CPUs per worker (Slurm ``--cpus-per-task``; LSF ``-n`` on one host); also the worker's
+    ``OMP_NUM_THREADS`` unless that is set already."""
     mem_mb: PosInt | None = None
-    """Memory per worker in MB (Slurm ``--mem``; LSF ``-M`` and ``rusage[mem=]``)."""
-    gpus: NonNegInt = 0
-    """GPUs per worker (Slurm ``--gpus``; LSF ``-gpu num=N``)."""
+    """Memory per worker in MB (Slurm ``--mem``; LSF ``-M`` and ``rusage[mem=]``); ``null``:
+    the queue's default."""
+    gpus: NonNegInt | None = None
+    """GPUs per worker (Slurm ``--gpus``; LSF ``-gpu num=N``). ``null``: 1 for the GPU stages
+    (``predict``, ``train``, ``pretrain``) on ``slurm``/``lsf``, else 0. Local workers ignore
+    it (they use the machine's GPUs as they find them)."""
     account: str | None = None
     """Account/project to charge (Slurm ``--account``; LSF ``-P``)."""
     extra_flags: list[str] = []
-    """Extra scheduler flags, passed verbatim."""
+    """Extra scheduler flags, passed verbatim before the worker command, e.g.
+    ``["--qos=high", "--constraint=a100"]`` or ``["-R", "select[gpu_model==A100]"]``."""
     host: str | None = None
     """Address workers use to reach the scheduler; ``null`` detects one (``127.0.0.1`` for local
-    workers)."""
+    workers). Set it when compute nodes reach this machine by another name or network."""
     max_retries: NonNegInt = 2
     """Retries of a failed block before the stage reports it failed."""
     max_worker_restarts: NonNegInt = 4
-    """Worker deaths tolerated before the stage gives up (no endless respawning)."""
+    """Worker deaths tolerated before the stage gives up (no endless respawning); a job that
+    cannot even be submitted counts as a death, so a bad partition fails within seconds."""
     block_timeout: float | None = None
     """Seconds after which a stuck block's worker is killed and the block retried elsewhere."""
+
+    @field_validator("time_limit", mode="before")
+    @classmethod
+    def _time_limit(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = str(v)
+        if isinstance(v, str):
+            v = v.strip()
+            time_limit_seconds(v)
+        return v
+
+    def gpus_for(self, stage: str) -> int:
+        """GPUs each worker of ``stage`` requests: ``gpus``, or the default described there."""
+        if self.gpus is not None:
+            return self.gpus
+        return 1 if self.type != "local" and stage in GPU_STAGES else 0
+
+    def time_limit_minutes(self) -> int | None:
+        """``time_limit`` in whole minutes, rounded up (LSF ``-W``)."""
+        if self.time_limit is None:
+            return None
+        return -(-time_limit_seconds(self.time_limit) // 60)
 
 
 class _StageSection(Section):
@@ -124,16 +177,33 @@ class _StageSection(Section):
 
 
 class PredictConfig(_StageSection):
+    """Blockwise affinity prediction (``01_predict.py``).
+
+    The network sees windows of ``network.input_shape`` voxels (from the checkpoint) laid on
+    one grid over the whole volume; ``margin`` is cropped from every side of each window's
+    output, so windows overlap by twice the margin and each voxel's affinities come from a
+    window where it is at least ``margin`` from the edge. The grid does not depend on the
+    blocks, so the output does not either (resume and any block shape give the same result).
+    Outside the volume, raw is mirrored."""
+
     checkpoint: Path | None = None
-    """Trained network (``00_train.py`` output). ``null``: the checkpoint shipped with marlseg."""
+    """Trained network (``00_train.py`` output; its ``network`` entry defines the
+    architecture). ``null``: the checkpoint shipped with marlseg, ``checkpoints/unetr_fib.pt``."""
     affs: DatasetRef | None = None
     """Output affinities (uint8). ``null``: ``run.dir/affs.zarr`` / ``volumes/affs``."""
     block_shape: list[int] | None = None
-    """Write block shape in nm; ``null``: the network's output shape times a whole number."""
+    """Write block shape in nm; ``null``: the window's core (input minus both margins) times 2
+    on every axis. Best a multiple of the core (else windows on block borders run twice)."""
+    margin: list[int] | None = None
+    """nm cropped from each side of each window's output (z, y, x); ``null``: 1/8 of the
+    network input on every axis, rounded to whole voxels."""
+    batch_size: PosInt = 4
+    """Windows per forward pass."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where workers run the network: the worker's GPU if it has one (``auto``), else the CPU."""
 
     _v_block = field_validator("block_shape")(classmethod(lambda cls, v: _check_block(v)))
+    _v_margin = field_validator("margin")(classmethod(lambda cls, v: _check_context(v)))
 
 
 class FragmentsConfig(_StageSection):
@@ -160,6 +230,12 @@ class FragmentsConfig(_StageSection):
     """Mean affinity below which a voxel counts as boundary for the distance transform."""
     min_seed_distance: PosInt = 10
     """Minimum distance between watershed seeds, voxels."""
+    mutex_offsets: list[list[int]] = [[-2, 0, 0], [0, -2, 0], [0, 0, -2]]
+    """``mutex``: long-range offsets (voxels, negative along one axis). Their affinities are the
+    weakest nearest-neighbour affinity on the straight path (a membrane in between repels)."""
+    mutex_bias: list[float] = [-0.5, -0.5]
+    """``mutex``: added to the [nearest, long-range] affinities; positive edges attract,
+    negative ones repel (the defaults: attract above 0.5, repel below, tuned on fib_train)."""
     epsilon_agglomerate: Unit = 0.0
     """If > 0, merge fragments within a block up to this waterz threshold before storing."""
     filter_fragments: Unit = 0.0
@@ -170,12 +246,30 @@ class FragmentsConfig(_StageSection):
     _v_block = field_validator("block_shape")(classmethod(lambda cls, v: _check_block(v)))
     _v_context = field_validator("context")(classmethod(lambda cls, v: _check_context(v)))
 
+    @field_validator("mutex_offsets")
+    @classmethod
+    def _mutex_offsets(cls, v: list[list[int]]) -> list[list[int]]:
+        for o in v:
+            if len(o) != 3 or sum(1 for x in o if x != 0) != 1 or min(o) >= 0:
+                raise ValueError(f"offsets are negative along exactly one axis (z, y, x), got {o}")
+        return v
+
+    @field_validator("mutex_bias")
+    @classmethod
+    def _mutex_bias(cls, v: list[float]) -> list[float]:
+        if len(v) != 2:
+            raise ValueError(f"expected 2 values (nearest, long-range), got {len(v)}")
+        return v
+
 
 class AgglomerateConfig(_StageSection):
     merge_function: str = "hist_quant_75"
-    """waterz merge function: ``hist_quant_N``, ``mean``, ``max``, ``min``, ... (see README)."""
+    """waterz merge function: ``hist_quant_N`` (N = 10, 15, ..., 95), ``hist_quant_N_initmax``,
+    ``mean``, ``max``, ``min``, or a waterz scoring-function type (table:
+    ``marlseg.watershed.MERGE_FUNCTIONS``)."""
     block_shape: list[int] | None = None
-    """Write block shape, nm; ``null``: ``fragments.block_shape``."""
+    """Write block shape, nm; ``null``: ``fragments.block_shape``. A whole multiple of it, so
+    every fragment (and the edges it owns) belongs to exactly one agglomeration block."""
     context: list[int] = [80, 80, 80]
     """Context read around each block, nm."""
 
@@ -243,58 +337,467 @@ class NetworkConfig(Section):
         return self
 
 
+class ValidationConfig(Section):
+    """A labelled crop not used for training, scored every ``train.validate_every`` iterations.
+
+    Validation runs an in-memory chain equivalent to the blockwise one: the crop is predicted
+    with the same windows and margin as ``01_predict.py``, ``waterz.agglomerate`` (its own
+    watershed fragments, then agglomeration with ``merge_function``) segments it at each of
+    ``thresholds``, and skimage scores it (variation of information, adapted Rand error)
+    against ``labels``, ignoring label 0. The best threshold's VOI (split + merge) ranks
+    checkpoints."""
+
+    raw: DatasetRef
+    labels: DatasetRef
+    offset: list[int] | None = None
+    """Crop begin, nm (z, y, x); ``null``: the labels' begin."""
+    shape: list[int] | None = None
+    """Crop shape, nm; ``null``: up to the labels' end."""
+    thresholds: list[Unit] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    merge_function: str = "hist_quant_75"
+    """waterz merge function: ``hist_quant_N``, ``mean``, ``max``, ``min``, ..."""
+
+    _v_shape = field_validator("shape")(classmethod(lambda cls, v: _check_block(v)))
+    _v_offset = field_validator("offset")(classmethod(lambda cls, v: _check_shape(v)))
+
+
 class TrainConfig(Section):
-    """Affinity training of the UNETR (``00_train.py``)."""
+    """Affinity training of the UNETR (``00_train.py``). Outputs go to ``run.dir/train/``:
+    ``checkpoints/`` (every ``checkpoint_every``; the run resumes from the last), ``best.pt``
+    (best validation VOI), ``loss.csv``, ``validation.csv``, ``tensorboard/`` and
+    ``snapshots/`` (PNG: raw / prediction / target, middle section). The architecture is the
+    ``network`` section; the network's input and output are both ``network.input_shape``."""
 
     raw: list[DatasetRef] = []
-    """Raw volumes to train on."""
+    """Raw volumes to train on (HDF5 or zarr, one voxel size)."""
     labels: list[DatasetRef] = []
-    """Neuron-id volumes, one per ``raw``."""
+    """Neuron-id volumes, one per ``raw`` (label 0 = boundary/background)."""
+    masks: list[DatasetRef] = []
+    """Optional labelled-region masks, one per ``raw`` (non-zero = labelled); affinities
+    leaving the labelled region get no weight. ``[]``: everything is labelled."""
     neighborhood: list[list[int]] = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
-    """Affinity offsets, voxels (z, y, x)."""
+    """Affinity offsets, voxels (z, y, x): the nearest three first, long-range ones may
+    follow (e.g. ``[-3, 0, 0], [0, -9, 0], [0, 0, -9]``)."""
     init_encoder: Path | None = None
     """Pretraining checkpoint whose encoder initialises the UNETR (key for key)."""
     iterations: PosInt = 1000
     batch_size: PosInt = 1
-    lr: float = 1e-4
+    lr: float = Field(1e-4, gt=0)
+    """Adam learning rate."""
+    loss: Literal["bce", "mse"] = "bce"
+    """Class-balanced (gunpowder ``BalanceLabels`` weights) binary cross-entropy on the
+    logits, or mean squared error on the sigmoid affinities (as lsd)."""
+    augment: bool | dict[str, Any] = True
+    """``true``, ``false``, or the options of ``marlseg.gp_pipelines.augment.AugmentOptions``
+    to change, e.g. ``{"noise": false}``."""
+    min_masked: Unit = 0.5
+    """Reject crops with less than this fraction of labelled voxels (mask, else label != 0)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: PosInt | None = None
+    """torch CPU threads (``null``: torch's default)."""
+    log_every: PosInt = 10
+    """Iterations between loss rows (CSV, TensorBoard, console)."""
     checkpoint_every: PosInt = 250
+    keep_checkpoints: PosInt = 3
+    """Periodic checkpoints kept (older ones are deleted; ``best.pt`` is kept apart)."""
     snapshot_every: PosInt = 250
     validate_every: PosInt = 500
-    """Run prediction + post-processing on ``validation`` and keep the best checkpoint by VOI."""
-    validation: dict[str, Any] | None = None
-    """``{"raw": ref, "labels": ref}`` of a crop not used for training."""
+    """Iterations between validations (and at the end); keeps the best checkpoint by VOI."""
+    validation: ValidationConfig | None = None
+    """A labelled crop not used for training (``{"raw": ref, "labels": ref, ...}``)."""
+    export: Path | None = None
+    """At the end, write the best checkpoint (the last one without validation), model only,
+    here (e.g. ``checkpoints/unetr_fib.pt``)."""
     precache_workers: NonNegInt = 2
+    """Batch-producing processes (gunpowder ``PreCache``); 0 produces batches in the training
+    process, each a pure function of (seed, iteration), so a resumed run is exact."""
     seed: int = 0
+
+    @field_validator("labels", "masks")
+    @classmethod
+    def _one_per_raw(cls, v: list[DatasetRef], info: Any) -> list[DatasetRef]:
+        raw = info.data.get("raw")
+        if raw is not None and v and len(v) != len(raw):
+            raise ValueError(f"{len(v)} volumes for {len(raw)} raw volumes (one per raw)")
+        return v
+
+    @field_validator("neighborhood")
+    @classmethod
+    def _nearest_first(cls, nbh: list[list[int]]) -> list[list[int]]:
+        if any(len(o) != 3 or not any(o) for o in nbh):
+            raise ValueError(f"offsets are 3 integers (z, y, x), not all 0: {nbh}")
+        if nbh[:3] != [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]:
+            raise ValueError(
+                "must start with the nearest three [[-1, 0, 0], [0, -1, 0], [0, 0, -1]] "
+                f"(post-processing reads channels 0-2 as those), got {nbh[:3]}"
+            )
+        return nbh
+
+    @model_validator(mode="after")
+    def _labels(self) -> TrainConfig:
+        if len(self.labels) != len(self.raw):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.raw)} raw volumes")
+        return self
 
 
 class PretrainConfig(Section):
-    """MAE pretraining with RL-chosen masks (``00_pretrain.py``)."""
+    """MAE pretraining with RL-chosen masks (``00_pretrain.py``). Outputs go to
+    ``run.dir/pretrain/``: ``checkpoints/``, ``log.csv``, ``tb/`` (TensorBoard), ``curves.png``
+    and ``reconstructions/``. The architecture is the ``network`` section."""
 
     raw: list[DatasetRef] = []
-    """Raw volumes to pretrain on (HDF5 or zarr)."""
+    """Raw volumes to pretrain on (HDF5 or zarr, one voxel size)."""
     masking: Literal["marl", "random"] = "marl"
-    """``marl``: masks chosen by the shared multi-agent policy; ``random``: fixed ratio."""
-    mask_ratio: Unit = 0.75
-    """Ratio for ``random`` masking; the starting ratio for ``marl``."""
+    """``marl``: masks chosen by the shared multi-agent policy (A2C); ``random``: a fixed
+    ``mask_ratio`` drawn uniformly (the plain-MAE baseline). Everything else is the same code."""
+    mask_ratio: Unit = 0.6
+    """``random``: the mask ratio. ``marl``: every agent's mask probability at the start (start
+    low and let the policy raise it)."""
+    min_ratio: Unit = 0.4
+    """``marl``: the executed mask always hides at least this fraction of patches."""
+    max_ratio: Unit = 0.95
+    """``marl``: ... and at most this fraction (at least one patch stays visible)."""
     iterations: PosInt = 1000
-    batch_size: PosInt = 2
-    lr: float = 1.5e-4
+    """MAE updates."""
+    batch_size: PosInt = 4
+    lr: float = Field(1.5e-4, gt=0)
+    """MAE learning rate (AdamW), after a linear warm-up."""
+    warmup: NonNegInt = 50
+    """Iterations of linear learning-rate warm-up."""
+    weight_decay: float = Field(0.05, ge=0)
+    decoder_dim: PosInt = 128
+    """Width of the lightweight MAE decoder."""
+    decoder_layers: PosInt = 2
+    decoder_heads: PosInt = 4
+    hog_weight: float = Field(1.0, ge=0)
+    """Weight of the HOG loss next to the voxel MSE (both on per-patch standardised targets)."""
+    hog_bins: PosInt = 9
+    """HOG orientation bins over [0, pi)."""
+    hog_cell: PosInt = 4
+    """HOG cell size in y and x, voxels; must divide ``network.patch_size`` in y and x."""
+    policy_lr: float = Field(1e-3, gt=0)
+    """``marl``: learning rate of the policy and critic (Adam)."""
+    policy_every: PosInt = 2
+    """``marl``: one A2C update per this many MAE updates, on the masks those steps used
+    (policy and MAE updates alternate; the policy is fixed while it collects)."""
+    policy_hidden: PosInt = 64
+    """``marl``: width of the shared policy and the critic."""
+    entropy_coef: float = Field(0.01, ge=0)
+    """``marl``: entropy bonus (per-agent Bernoulli entropy) against a deterministic mask."""
+    value_coef: float = Field(0.5, ge=0)
+    ratio_barrier: float = Field(10.0, ge=0)
+    """``marl``: weight of the penalty on the policy's mean mask probability outside
+    ``[min_ratio, max_ratio]`` (keeps the probabilities inside the hard bounds)."""
+    collapse_patience: PosInt = 4
+    """Logs in a row with the ratio at a bound or the entropy below ``entropy_floor`` before
+    the run warns that the masking policy collapsed."""
+    entropy_floor: float = Field(0.05, ge=0)
+    """Per-agent policy entropy (nats; at most ln 2 = 0.693) counted as collapsed."""
+    augment: bool | dict[str, Any] = True
+    """Augment batches (elastic, mirror, transpose, intensity, noise, ssTEM section defects):
+    ``true``, ``false``, or the options of ``marlseg.gp_pipelines.augment.AugmentOptions`` to
+    change, e.g. ``{"transpose": false}`` (an isotropic volume thinner than the input in z)."""
+    precache_workers: NonNegInt = 0
+    """Batch-producing processes; 0 keeps batches a pure function of (seed, iteration), so a
+    resumed run sees exactly the batches an uninterrupted one would have."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint_every: PosInt = 250
+    """Iterations between checkpoints (the run resumes from the last one)."""
     log_every: PosInt = 25
+    """Iterations between log rows (CSV, TensorBoard, curves PNG, collapse check)."""
+    snapshot_every: PosInt = 250
+    """Iterations between reconstruction PNGs (masked input / reconstruction / target)."""
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _ratios(self) -> PretrainConfig:
+        if self.min_ratio > self.max_ratio:
+            raise ValueError(f"min_ratio {self.min_ratio} is above max_ratio {self.max_ratio}")
+        if self.masking == "marl" and not self.min_ratio <= self.mask_ratio <= self.max_ratio:
+            raise ValueError(
+                f"mask_ratio {self.mask_ratio} (the starting ratio) is outside "
+                f"[min_ratio, max_ratio] = [{self.min_ratio}, {self.max_ratio}]"
+            )
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be within (0, 1), got {self.mask_ratio}")
+        return self
+
+
+class SizePriorConfig(Section):
+    """Plausible segment volumes; objects touching the volume border are exempt from the lower
+    bound (they are cut)."""
+
+    min_um3: float | None = Field(0.05, ge=0)
+    """Smallest plausible segment, µm³ (``null``: no lower bound)."""
+    max_um3: float | None = Field(None, gt=0)
+    """Largest plausible segment, µm³ (``null``: no upper bound)."""
+    softness: float = Field(0.5, gt=0)
+    """Width (sigma, in natural log of the volume) of the fall-off outside the range."""
+    weight: float = Field(1.0, ge=0)
+
+
+class ElongationPriorConfig(Section):
+    """Tubular (neurite) shape: ratio of the two longest principal axes."""
+
+    min_ratio: float = Field(2.0, gt=1)
+    """Axis ratio from which an object earns the full reward (linear from 1)."""
+    min_um3: float = Field(0.02, ge=0)
+    """Objects below this volume (µm³) are not judged (too small to have a shape)."""
+    weight: float = Field(1.0, ge=0)
+
+
+class MembranePriorConfig(Section):
+    """No merge across strong membrane evidence, no split without any."""
+
+    evidence: Literal["merge_score", "contacts"] = "merge_score"
+    """Edge evidence (high = membrane): the waterz ``merge_score`` of ``03_agglomerate.py``, or
+    the mean boundary along the contact pooled from ``fragments.boundary`` / affinities."""
+    merge_above: Unit = 0.7
+    """Evidence above which an edge inside an object is a merge error (ramps to 1)."""
+    split_below: Unit = 0.1
+    """Evidence below which a cut edge is a split error (ramps to 0)."""
+    weight: float = Field(1.0, ge=0)
+
+
+class TinyPriorConfig(Section):
+    """A limited count of tiny segments."""
+
+    max_um3: float = Field(0.005, gt=0)
+    """Segments below this volume (µm³) are tiny."""
+    max_count: NonNegInt = 10
+    """Tiny segments tolerated; beyond that each tiny one earns ``max_count / count``."""
+    weight: float = Field(1.0, ge=0)
+
+
+class EdgeRlPriors(Section):
+    """The object-level priors that make the reward (``null`` disables one)."""
+
+    size: SizePriorConfig | None = SizePriorConfig()
+    elongation: ElongationPriorConfig | None = ElongationPriorConfig()
+    membrane: MembranePriorConfig | None = MembranePriorConfig()
+    tiny: TinyPriorConfig | None = TinyPriorConfig()
+
+    @model_validator(mode="after")
+    def _one(self) -> EdgeRlPriors:
+        if not any(
+            getattr(self, k) is not None for k in ("size", "elongation", "membrane", "tiny")
+        ):
+            raise ValueError("at least one prior must be enabled")
+        return self
 
 
 class EdgeRlConfig(Section):
-    """Stateless actor-critic learning of RAG edge weights (``07_learn_edge_weights.py``)."""
+    """Stateless actor-critic learning of RAG edge weights (``07_learn_edge_weights.py``).
+
+    Trains on the run's RAG (MongoDB) without ground truth and writes the learned weight of
+    every edge as the edge attribute ``weight_attr``: in ``[0, 1]``, LOW = merge, like
+    ``merge_score``, so ``segments.edge_score: rl_weight`` thresholds it the same way. Model,
+    history and reward curves go to ``run.dir/edge_rl/``."""
 
     iterations: PosInt = 500
+    """Training iterations (one episode, critic and actor updates each)."""
     seed: int = 0
+    priors: EdgeRlPriors = EdgeRlPriors()
+    partitioner: Literal["mutex", "threshold"] = "threshold"
+    """How the environment turns weights into objects: ``threshold`` (connected components of
+    edges with weight <= ``partition_threshold``, what ``04_find_segments.py`` does) or
+    ``mutex`` (graph mutex watershed of mwatershed: attractive below 0.5, repulsive above)."""
+    partition_threshold: Unit = 0.5
+    """Threshold of the ``threshold`` partitioner."""
+    subgraph_sizes: list[PosInt] = [6, 12, 32, 128]
+    """Sizes (in edges) of the sub-graphs the critic scores; one value network per size."""
+    node_features: list[Literal["raw", "boundary", "shape", "position"]] = [
+        "raw",
+        "boundary",
+        "shape",
+    ]
+    """Per-fragment features the networks see, pooled from the volumes: ``raw`` (mean, std of
+    ``raw``), ``boundary`` (mean, std of ``fragments.boundary``, else 1 - mean affinity),
+    ``shape`` (log volume, log principal axis lengths), ``position`` (centre, nm)."""
+    edge_features: list[Literal["merge_score", "contacts"]] = ["merge_score", "contacts"]
+    """Per-edge features: ``merge_score`` (from the RAG) and ``contacts`` (log contact area and
+    mean boundary along the contact, pooled from the volumes)."""
+    weight_attr: str = "rl_weight"
+    """Edge attribute the learned weights are written to."""
+    init_from: str | None = "merge_score"
+    """Edge attribute the policy starts from: the actor learns a correction to its logit
+    (``null``: start at 0.5 everywhere, as in the paper; much slower to learn)."""
+    init_scale: float = Field(0.5, gt=0.05, lt=2.0)
+    """Initial spread (std of the logit) of the sampled weights."""
+    hidden: PosInt = 32
+    """Width of the GNNs."""
+    layers: PosInt = 3
+    """Message-passing rounds of the actor and critic GNNs over the features."""
+    critic_action_layers: NonNegInt = 2
+    """Further rounds of the critic whose messages carry the actions (how far an edge's Q
+    sees the actions around it)."""
+    lr_actor: float = Field(1e-3, gt=0)
+    lr_critic: float = Field(2e-3, gt=0)
+    lr_alpha: float = Field(1e-2, gt=0)
+    init_temperature: float = Field(0.1, gt=0)
+    """Initial SAC temperature per edge: ``alpha_k`` (one learned per sub-graph size ``k``)
+    starts at ``init_temperature / k``, since it weighs a sum of ``k`` log-probabilities
+    against a mean of ``k`` edge rewards."""
+    target_entropy: float = -1.0
+    """Entropy per edge (nats, of the weight in [0, 1]; 0 = uniform) the temperature aims at."""
+    warmup: NonNegInt = 20
+    """Iterations with uniformly random weights that fill the replay buffer before the actor
+    learns."""
+    episodes_per_iteration: PosInt = 4
+    """Weights sampled (and partitioned and rewarded) per iteration: each is one episode."""
+    replay_size: PosInt = 256
+    """Episodes (action, reward) the critic learns from."""
+    batch_size: PosInt = 8
+    """Episodes per critic update."""
+    critic_updates: PosInt = 2
+    """Critic updates per iteration."""
+    eval_every: PosInt = 10
+    """Iterations between evaluations of the deterministic weights; the best is kept."""
+    crop_nodes: PosInt | None = None
+    """Train on connected crops of this many fragments (``null``: the whole graph)."""
+    n_crops: PosInt = 16
+    """Crops in the pool when ``crop_nodes`` is set."""
+    slab_sections: PosInt = 32
+    """z-sections per slab when pooling features from the volumes (memory: one slab)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("subgraph_sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("at least one sub-graph size is needed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"sub-graph sizes must be distinct, got {v}")
+        return v
+
+    @field_validator("node_features")
+    @classmethod
+    def _nodes(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one node feature is needed")
+        return v
+
+
+def _check_yx(v: list[int]) -> list[int]:
+    if len(v) != 2:
+        raise ValueError(f"expected 2 values (y, x), got {len(v)}")
+    if any(c <= 0 for c in v):
+        raise ValueError(f"expected (y, x) > 0, got {v}")
+    return v
+
+
+class DeriveTagsConfig(Section):
+    """Tags derived from a voxel-truth label volume by a fixed rule (benchmarks, demos): every
+    z-section of ``raw`` is cut into ``crop_shape`` crops; the ROI of a section is the voxels
+    of bodies (label != 0) whose cross-section area in that section is at least ``min_area``
+    voxels; a crop is tagged 1 when at least ``min_fraction`` of it is ROI, else 0."""
+
+    labels: DatasetRef
+    """Neuron ids aligned with ``raw`` (same shape)."""
+    crop_shape: list[int] = [20, 20]
+    """Crop (y, x) in voxels; partial crops at the section edge are left out."""
+    min_area: PosInt = 1500
+    """Cross-section area (voxels) from which a body's profile counts as large (ROI)."""
+    min_fraction: Unit = 0.5
+    """ROI fraction of a crop from which it is tagged 1."""
+
+    _v_crop = field_validator("crop_shape")(classmethod(lambda cls, v: _check_yx(v)))
+
+
+class DetectorConfig(Section):
+    """The presence detector (``marlseg.networks.selfplay.PresenceDetector``)."""
+
+    iterations: PosInt = 1500
+    """Training steps (Adam, binary cross-entropy on the tags)."""
+    batch_size: PosInt = 64
+    lr: float = Field(2e-3, gt=0)
+    width: PosInt = 16
+    """Channels of the first convolutions (twice that after the pooling)."""
+    lse_r: float = Field(5.0, gt=0)
+    """Sharpness of the log-sum-exp pooling (large: max pooling, small: mean pooling)."""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Tagged crops held out to report the detector's tag accuracy."""
+    checkpoint: Path | None = None
+    """Use this trained detector (a ``detector.pt`` of an earlier run) instead of training."""
+
+
+class SelfPlayConfig(Section):
+    """The patch game and its REINFORCE self-play training (``marlseg.selfplay``)."""
+
+    iterations: PosInt = 300
+    """Policy-gradient updates; each plays ``games_per_iteration`` games against one opponent."""
+    games_per_iteration: PosInt = 32
+    lr: float = Field(3e-3, gt=0)
+    entropy: float = Field(0.01, ge=0)
+    """Entropy bonus weight (patch and termination heads)."""
+    gamma: Unit = 1.0
+    """Discount per move."""
+    warmup_iterations: NonNegInt = 50
+    """First iterations played without termination calls: the agents learn to pick high-scoring
+    patches from the round rewards before termination can pay off against weak opponents."""
+    snapshot_every: PosInt = 10
+    """Iterations between snapshots of the learner added to the opponent pool."""
+    pool_size: PosInt = 50
+    """Snapshots kept (oldest dropped first)."""
+    opponent_sampling: Literal["truncnorm", "uniform", "latest"] = "truncnorm"
+    """How the opponent is drawn from the pool: ``truncnorm`` (prioritised fictitious self-play:
+    a normal centred on the newest snapshot, truncated to the pool, favours recent ones),
+    ``uniform`` (fictitious self-play) or ``latest`` (the newest snapshot only)."""
+    sigma: float = Field(0.3, gt=0)
+    """Width of the truncated normal as a fraction of the pool size."""
+    termination_reward: float = Field(10.0, ge=0)
+    """Reward for a correct termination call (and penalty for a wrong one)."""
+    invalid_penalty: float = Field(1.0, ge=0)
+    """Penalty for choosing a patch already taken."""
+    width: PosInt = 32
+    """Channels of the policy network."""
+    max_tiles: PosInt = 512
+    """Tiles of ``raw`` sampled to play on during training."""
 
 
 class WeakLabelsConfig(Section):
-    """Self-play weak labels from image-level tags (``08_weak_labels.py``)."""
+    """Self-play weak labels from image-level tags (``08_weak_labels.py``).
 
+    A detector learns ROI presence from tagged 2D crops; two agents then play the patch game on
+    every ``tile_shape`` tile of every z-section of ``raw`` and the patches they select become
+    the mask (uint8, 1 = ROI, same voxel size and offset as ``raw``). Non-zero = process, so the
+    output can be given as ``fragments.mask`` to skip blocks outside the ROI."""
+
+    tags: Path | None = None
+    """CSV of image-level tags. Header ``path,dataset,z0,y0,x0,z1,y1,x1,tag`` (3D boxes, every
+    z-section of a box is one tagged crop) or ``path,dataset,z,y0,x0,y1,x1,tag`` (one section
+    per row); boxes in voxels, half-open; tag 0 or 1; ``path`` relative to the CSV's directory;
+    ``#`` starts a comment line."""
+    derive: DeriveTagsConfig | None = None
+    """Derive the tags from labels of ``raw`` instead of reading a CSV (the rule is above)."""
+    mask: DatasetRef | None = None
+    """Output mask (uint8). ``null``: ``run.dir/weak_mask.zarr`` / ``volumes/mask``."""
+    patch_size: list[int] = [10, 10]
+    """Game patch (y, x) in voxels: the resolution of the mask."""
+    tile_shape: list[int] = [50, 50]
+    """Game image (y, x) in voxels, a multiple of ``patch_size``; sections are played tile by
+    tile (edge tiles are padded by reflection, their padding cropped off again)."""
+    roi_threshold: Unit = 0.5
+    """A patch whose presence probability reaches this is an ROI patch for the termination rule."""
+    chunk_shape: list[int] | None = None
+    """Chunk shape of the mask, nm; ``null``: 8 sections by 256 x 256 voxels."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    detector: DetectorConfig = DetectorConfig()
+    selfplay: SelfPlayConfig = SelfPlayConfig()
     seed: int = 0
+
+    _v_patch = field_validator("patch_size", "tile_shape")(classmethod(lambda cls, v: _check_yx(v)))
+    _v_chunk = field_validator("chunk_shape")(classmethod(lambda cls, v: _check_block(v)))
+
+    @model_validator(mode="after")
+    def _tiles(self) -> WeakLabelsConfig:
+        if any(t % p for t, p in zip(self.tile_shape, self.patch_size)):
+            raise ValueError(
+                f"tile_shape {self.tile_shape} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.tags is not None and self.derive is not None:
+            raise ValueError("give either tags (a CSV) or derive (a rule), not both")
+        return self
 
 
 STAGE_SECTIONS = ("predict", "fragments", "agglomerate", "extract", "evaluate")

@@ -57,3 +57,11 @@ class ToyCopyStage(BlockwiseStage):
         data = read(self.raw, block.write_roi)
         time.sleep(self.sleep)
         write(self.out, block.write_roi, data)
+
+
+class ToyClusterStage(ToyCopyStage):
+    """The copy stage with blocks big enough for a handful of cluster jobs: 16 blocks of
+    25 x 50 x 50 voxels on ``data/fib25_tiny.h5``. ``TOY_SLEEP`` (seconds per block) and
+    ``TOY_FAIL_BLOCKS`` reach the workers through the job environment."""
+
+    block_shape = (250, 500, 500)
