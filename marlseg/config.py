@@ -334,6 +334,10 @@ class NetworkConfig(Section):
                     f"input_shape {self.input_shape} is not a multiple of patch_size "
                     f"{self.patch_size}"
                 )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"num_heads {self.num_heads} does not divide hidden_size {self.hidden_size}"
+            )
         return self
 
 
@@ -541,8 +545,9 @@ class ElongationPriorConfig(Section):
 
     min_ratio: float = Field(2.0, gt=1)
     """Axis ratio from which an object earns the full reward (linear from 1)."""
-    min_um3: float = Field(0.02, ge=0)
-    """Objects below this volume (µm³) are not judged (too small to have a shape)."""
+    min_um3: float = Field(0.0, ge=0)
+    """Objects below this volume (µm³) are not judged (earn 1: too small to have a shape).
+    Keep it small: every fragment below it is a free reward for splitting."""
     weight: float = Field(1.0, ge=0)
 
 
@@ -552,10 +557,15 @@ class MembranePriorConfig(Section):
     evidence: Literal["merge_score", "contacts"] = "merge_score"
     """Edge evidence (high = membrane): the waterz ``merge_score`` of ``03_agglomerate.py``, or
     the mean boundary along the contact pooled from ``fragments.boundary`` / affinities."""
-    merge_above: Unit = 0.7
-    """Evidence above which an edge inside an object is a merge error (ramps to 1)."""
-    split_below: Unit = 0.1
-    """Evidence below which a cut edge is a split error (ramps to 0)."""
+    merge_above: Unit = 0.9
+    """Evidence above which an edge inside an object is a merge error (ramps to 1): only
+    strong membrane evidence forbids a merge, the object priors judge the rest."""
+    split_below: Unit = 0.5
+    """Evidence below which a cut edge is a split error (ramps to 0): a ramp from 0.5 gives
+    every edge a local signal from the first iterations."""
+    level: Literal["edge", "object"] = "edge"
+    """``edge``: each edge is rewarded for its own decision (local, learnable from a random
+    start); ``object``: an object's reward is 1 - its worst violation (a hard constraint)."""
     weight: float = Field(1.0, ge=0)
 
 
@@ -598,10 +608,12 @@ class EdgeRlConfig(Section):
     """Training iterations (one episode, critic and actor updates each)."""
     seed: int = 0
     priors: EdgeRlPriors = EdgeRlPriors()
-    partitioner: Literal["mutex", "threshold"] = "threshold"
-    """How the environment turns weights into objects: ``threshold`` (connected components of
-    edges with weight <= ``partition_threshold``, what ``04_find_segments.py`` does) or
-    ``mutex`` (graph mutex watershed of mwatershed: attractive below 0.5, repulsive above)."""
+    partitioner: Literal["mutex", "threshold"] = "mutex"
+    """How the environment turns weights into objects: ``mutex`` (graph mutex watershed of
+    mwatershed: attractive below 0.5, repulsive above; like the paper's multicut, one wrong
+    weight rarely merges two objects) or ``threshold`` (connected components of edges with
+    weight <= ``partition_threshold``, what ``04_find_segments.py`` does; one wrong weight
+    merges, so the reward of a random policy is flat and learning is much slower)."""
     partition_threshold: Unit = 0.5
     """Threshold of the ``threshold`` partitioner."""
     subgraph_sizes: list[PosInt] = [6, 12, 32, 128]
@@ -619,38 +631,49 @@ class EdgeRlConfig(Section):
     mean boundary along the contact, pooled from the volumes)."""
     weight_attr: str = "rl_weight"
     """Edge attribute the learned weights are written to."""
-    init_from: str | None = "merge_score"
+    init_from: str | None = None
     """Edge attribute the policy starts from: the actor learns a correction to its logit
-    (``null``: start at 0.5 everywhere, as in the paper; much slower to learn)."""
-    init_scale: float = Field(0.5, gt=0.05, lt=2.0)
+    (``null``: start from ``init_weight`` everywhere)."""
+    init_weight: float = Field(0.65, gt=0, lt=1)
+    """Starting weight of every edge when ``init_from`` is ``null``. Above 0.5 starts from an
+    over-segmentation: objects are small, so whether an edge is cut is decided by its own
+    weight and its reward answers for it; merges are then learned where the priors reward
+    them (from 0.5 the partitions of a random policy are one tangle, and the reward of an
+    edge hardly depends on its own weight)."""
+    init_scale: float = Field(0.7, gt=0.05, lt=2.0)
     """Initial spread (std of the logit) of the sampled weights."""
     hidden: PosInt = 32
     """Width of the GNNs."""
     layers: PosInt = 3
     """Message-passing rounds of the actor and critic GNNs over the features."""
-    critic_action_layers: NonNegInt = 2
+    critic_action_layers: NonNegInt = 1
     """Further rounds of the critic whose messages carry the actions (how far an edge's Q
     sees the actions around it)."""
     lr_actor: float = Field(1e-3, gt=0)
-    lr_critic: float = Field(2e-3, gt=0)
+    lr_critic: float = Field(3e-3, gt=0)
     lr_alpha: float = Field(1e-2, gt=0)
-    init_temperature: float = Field(0.1, gt=0)
+    init_temperature: float = Field(0.05, gt=0)
     """Initial SAC temperature per edge: ``alpha_k`` (one learned per sub-graph size ``k``)
     starts at ``init_temperature / k``, since it weighs a sum of ``k`` log-probabilities
     against a mean of ``k`` edge rewards."""
-    target_entropy: float = -1.0
+    target_entropy: float = -2.0
     """Entropy per edge (nats, of the weight in [0, 1]; 0 = uniform) the temperature aims at."""
-    warmup: NonNegInt = 20
-    """Iterations with uniformly random weights that fill the replay buffer before the actor
-    learns."""
+    warmup: NonNegInt = 30
+    """Iterations that only train the critic (on samples of the initial policy) before the
+    actor learns from it."""
     episodes_per_iteration: PosInt = 4
     """Weights sampled (and partitioned and rewarded) per iteration: each is one episode."""
-    replay_size: PosInt = 256
+    replay_size: PosInt = 1024
     """Episodes (action, reward) the critic learns from."""
     batch_size: PosInt = 8
     """Episodes per critic update."""
-    critic_updates: PosInt = 2
+    critic_updates: PosInt = 4
     """Critic updates per iteration."""
+    edge_loss_weight: float = Field(1.0, ge=0)
+    """Weight of the critic's auxiliary loss: its per-edge values (whose mean over a sub-graph
+    is part of Q) fitted to the edge rewards themselves. Not in the paper; the edge rewards
+    are what the sub-graph rewards average, and fitting them directly makes the critic
+    useful after tens instead of hundreds of iterations. 0 turns it off."""
     eval_every: PosInt = 10
     """Iterations between evaluations of the deterministic weights; the best is kept."""
     crop_nodes: PosInt | None = None
@@ -730,8 +753,10 @@ class SelfPlayConfig(Section):
     lr: float = Field(3e-3, gt=0)
     entropy: float = Field(0.01, ge=0)
     """Entropy bonus weight (patch and termination heads)."""
-    gamma: Unit = 1.0
-    """Discount per move."""
+    gamma: Unit = 0.5
+    """Discount per move (either player's). Below 1 it ties a pick's credit to its round
+    (+-1) more than to the distant termination outcome; with 1, early termination against weak
+    snapshots is learnt first and never unlearnt (seen on toy grids)."""
     warmup_iterations: NonNegInt = 50
     """First iterations played without termination calls: the agents learn to pick high-scoring
     patches from the round rewards before termination can pay off against weak opponents."""
@@ -777,10 +802,16 @@ class WeakLabelsConfig(Section):
     tile_shape: list[int] = [50, 50]
     """Game image (y, x) in voxels, a multiple of ``patch_size``; sections are played tile by
     tile (edge tiles are padded by reflection, their padding cropped off again)."""
+    score_context: NonNegInt = 5
+    """Voxels of context around a patch that the detector sees when it scores the patch
+    (0: the patch alone, as in the paper). Patch + 2 x context = the tagged crop size keeps the
+    detector on inputs like those it learnt from; EM objects are told apart by their
+    surroundings."""
     roi_threshold: Unit = 0.5
     """A patch whose presence probability reaches this is an ROI patch for the termination rule."""
     chunk_shape: list[int] | None = None
-    """Chunk shape of the mask, nm; ``null``: 8 sections by 256 x 256 voxels."""
+    """Chunk shape of the mask, nm; ``null``: 8 sections by the largest multiple of
+    ``tile_shape`` up to 256 voxels in y and x (the regions the mask is written in)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     detector: DetectorConfig = DetectorConfig()
     selfplay: SelfPlayConfig = SelfPlayConfig()
