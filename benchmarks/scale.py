@@ -1,0 +1,97 @@
+"""Weak scaling of the post-processing chain (02-06): time against size, memory per worker.
+
+fib_train's boundary map and labels are mirror-tiled (``benchmarks/postprocess.py``'s tiling,
+imported) to ``size x size x size`` voxels times each ``--factors`` multiple along z (default
+1 2 4 8), and 02-06 run on each with real workers and MongoDB. Per size and stage it records
+wall time and the peak RSS of every worker process (psutil, sampled every 0.2 s); then it fits
+``time ~ voxels ** k`` over the sizes (least squares in log-log) per stage and for the chain,
+and reports how flat peak RSS per worker stays (max over sizes / min over sizes - 1).
+Goals (issue 11): k = 1.0 +- 0.1 and peak RSS per worker flat within 10%.
+
+Prediction (01) runs too when ``--checkpoint`` names one (CPU; the raw is tiled the same way);
+without a checkpoint it is left out.
+
+    python benchmarks/scale.py                           # 64^3 x 1 2 4 8: minutes
+    python benchmarks/scale.py --size 256 --block 128    # 256^3 .. 256x256x2048: ~0.5 GiB f32
+    python benchmarks/scale.py --size 512 --block 128    # top: 4096x512x512 = 4 GiB of float32
+
+Figures are printed and saved as ``<out>/scale_<size>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.postprocess import STAGES  # noqa: E402
+from benchmarks.postprocess import run as run_chain  # noqa: E402
+
+
+def fit_exponent(voxels: list[int], walls: list[float]) -> float | None:
+    """``k`` of ``wall = c * voxels ** k`` (least squares on logs)."""
+    if len(voxels) < 2:
+        return None
+    k, _ = np.polyfit(np.log(voxels), np.log(walls), 1)
+    return round(float(k), 3)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=64, help="base side, voxels (default 64)")
+    p.add_argument("--factors", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--block", type=int, default=32, help="block side, voxels")
+    p.add_argument("--context", type=int, default=8, help="context, voxels")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--method", choices=["watershed", "mutex"], default="watershed")
+    p.add_argument("--checkpoint", default=None, help="also run 01 (not implemented: see docs)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    args = p.parse_args()
+    args.retile = False
+    args.keep = False
+    if args.checkpoint:
+        print("--checkpoint: 01 is not part of this benchmark yet; running 02-06", flush=True)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    rows = [r for f in args.factors for r in run_chain(args.size, f, args)]
+    sizes = sorted({r["voxels"] for r in rows})
+    result: dict = {"rows": rows, "stages": {}}
+    print(f"\n{'stage':>12} {'k (time~N^k)':>13} {'RSS/worker MB per size':>40} {'spread':>7}")
+    for stage in [*STAGES, "chain"]:
+        if stage == "chain":
+            walls = [sum(r["wall_s"] for r in rows if r["voxels"] == v) for v in sizes]
+            rss = [
+                max((r["peak_rss_mb_max"] or 0) for r in rows if r["voxels"] == v) for v in sizes
+            ]
+        else:
+            sel = {r["voxels"]: r for r in rows if r["stage"] == stage}
+            walls = [sel[v]["wall_s"] for v in sizes]
+            rss = [sel[v]["peak_rss_mb_max"] or 0 for v in sizes]
+        k = fit_exponent(sizes, walls)
+        spread = round(max(rss) / min(rss) - 1, 3) if min(rss) > 0 else None
+        result["stages"][stage] = {
+            "voxels": sizes,
+            "wall_s": walls,
+            "exponent": k,
+            "peak_rss_mb_per_worker": rss,
+            "rss_spread": spread,
+        }
+        rss_s = " ".join(f"{x:>6}" for x in rss)
+        spread_s = f"{spread:.1%}" if spread is not None else "-"
+        print(f"{stage:>12} {k if k is not None else '-':>13} {rss_s:>40} {spread_s:>7}")
+    print("goals: k = 1.0 +- 0.1; RSS spread <= 10% (segments runs in the scheduler: no workers)")
+    out = Path(args.out) / f"scale_{args.size}_{args.method}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"figures in {out}")
+
+
+if __name__ == "__main__":
+    main()
