@@ -175,9 +175,8 @@ def _check_fingerprint(stage: BlockwiseStage, restart: bool) -> dict[str, Any]:
     if params_file.exists():
         previous = json.loads(params_file.read_text())
         if previous != current and not restart:
-            changed = sorted(
-                k for k in set(previous) | set(current) if previous.get(k) != current.get(k)
-            )
+            old, new = _flatten(previous), _flatten(current)
+            changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(
                 stage.name,
                 f"parameters changed since blocks were done ({', '.join(changed)}): "
@@ -186,6 +185,21 @@ def _check_fingerprint(stage: BlockwiseStage, restart: bool) -> dict[str, Any]:
     if restart and track.exists():
         shutil.rmtree(track)
     return current
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"fragments": {"min_size": 3}}`` -> ``{"fragments.min_size": 3}`` (to name what changed)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
 
 
 def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
@@ -201,7 +215,13 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
     summaries = stage.run_dir / "summaries"
 
     with stage.services():
-        stage.prepare()
+        try:
+            stage.prepare()
+        except OSError as e:  # disk full, read-only mount, quota: say so in one line
+            raise StageFailed(
+                stage.name,
+                f"cannot write outputs: {e.strerror or e} ({e.filename or stage.run_dir})",
+            ) from None
         track.mkdir(parents=True, exist_ok=True)
         (track / "params.json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
         config_path = track / "worker_config.json"
@@ -229,7 +249,9 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
                 read_roi,
                 write_roi,
                 launcher,
-                skip_mask=mask,
+                # daisy 2's skip_mask is True where a block is SKIPPED; ours is True where it
+                # is processed (issue 5: found by the fragments mask test, minimal fix)
+                skip_mask=~np.asarray(mask, dtype=bool),
                 **task_kwargs,
             )
         host = workers.host or ("127.0.0.1" if workers.type == "local" else None)
@@ -242,12 +264,18 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
                 )
         except RuntimeError as e:  # abandonment: worker restart cap exhausted
             launcher.raise_submit_error()  # issue 6: "<stage>.workers: srun failed: <why>"
-            raise StageFailed(stage.name, f"gave up: {e}; worker logs: {log_dir}") from None
+            raise StageFailed(
+                stage.name,
+                f"gave up after repeated worker deaths ({_last_line(e)}); worker logs: {log_dir}",
+            ) from None
         wall = time.perf_counter() - t0
 
     state = states[stage.name]
     done = state.completed_count - state.skipped_count
-    block_voxels = int(np.prod(write_shape / voxel_size))
+    # blocks at the volume's edge are shrunk ("fit=shrink"): count voxels of the volume, shared
+    # evenly over its blocks, not full blocks
+    total_voxels = int(np.prod(total_roi.shape / voxel_size))
+    block_voxels = total_voxels / max(state.total_block_count, 1)
     summary = RunSummary(
         stage=stage.name,
         blocks_total=state.total_block_count,
@@ -256,16 +284,14 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
         blocks_failed=state.failed_count,
         blocks_orphaned=state.orphaned_count,
         wall_s=round(wall, 3),
-        voxels=done * block_voxels,
+        voxels=round(done * block_voxels),
         voxels_per_s=round(done * block_voxels / wall, 1) if wall > 0 else 0.0,
         num_workers=workers.num_workers,
         worker_type=workers.type,
         worker_failures=state.worker_failure_count,
         worker_restarts=state.worker_restart_count,
         log_dir=str(log_dir),
-        first_error=(state.first_worker_error or "").strip().splitlines()[-1:][0]
-        if state.first_worker_error
-        else None,
+        first_error=_last_line(state.first_worker_error) or None,
     )
     summaries.mkdir(parents=True, exist_ok=True)
     (summaries / f"{stage.name}.json").write_text(json.dumps(asdict(summary), indent=2))

@@ -29,7 +29,9 @@ Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
 
 
 class DatasetRef(Section):
@@ -319,8 +321,11 @@ class NetworkConfig(Section):
     hidden_size: PosInt = 192
     """ViT embedding width."""
     mlp_dim: PosInt = 384
+    """Width of the transformer blocks' MLP."""
     num_layers: PosInt = 4
+    """Transformer blocks in the ViT."""
     num_heads: PosInt = 4
+    """Attention heads; must divide ``hidden_size``."""
     feature_size: PosInt = 16
     """UNETR decoder width."""
 
@@ -1010,3 +1015,37 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
 
 def dump_config(config: Config) -> str:
     return json.dumps(config.model_dump(mode="json"), indent=2)
+
+
+def reference(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(key, default, description)`` for every field, nested sections flattened: the
+    README's config reference is generated from this, so code and docs are the same text."""
+    import typing
+
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        sub = next(
+            (a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, Section)),
+            None,
+        )
+        if sub is not None and sub is not DatasetRef:
+            if field.description:
+                rows.append((key, "", field.description))
+            rows.extend(reference(sub, key + "."))
+            continue
+        default = "required" if field.is_required() else json.dumps(field.default, default=str)
+        rows.append((key, default, " ".join((field.description or "").split())))
+    return rows
+
+
+def reference_markdown() -> str:
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, text in reference():
+        lines.append(f"| `{key}` | {f'`{default}`' if default else ''} | {text.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m marlseg.config: print the reference table
+    print(reference_markdown())

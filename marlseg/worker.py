@@ -9,11 +9,14 @@ the scheduler is.
 from __future__ import annotations
 
 import sys
+import traceback
 
 import daisy
 
 from marlseg.config import load_config
 from marlseg.stages import get_stage
+
+MAX_CONSECUTIVE_FAILURES = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,14 +28,26 @@ def main(argv: list[str] | None = None) -> int:
     stage = get_stage(name)(load_config(config_path))
     stage.init_worker()
     client = daisy.Client()
-    n = 0
+    done = failed = consecutive = 0
     while True:
-        with client.acquire_block() as block:
-            if block is None:
-                break
-            stage.process_block(block)
-            n += 1
-    print(f"{name} worker: processed {n} blocks", flush=True)
+        try:
+            with client.acquire_block() as block:
+                if block is None:
+                    break
+                stage.process_block(block)
+                done += 1
+                consecutive = 0
+        except Exception:
+            # daisy has marked this block failed (it is retried, up to workers.max_retries);
+            # the worker stays up for the healthy blocks. A worker whose every block fails
+            # (lost database, broken node) exits so that daisy starts a fresh one.
+            traceback.print_exc()
+            failed += 1
+            consecutive += 1
+            if consecutive >= MAX_CONSECUTIVE_FAILURES:
+                print(f"{name} worker: {consecutive} blocks failed in a row, exiting", flush=True)
+                return 1
+    print(f"{name} worker: processed {done} blocks, {failed} failed", flush=True)
     return 0
 
 

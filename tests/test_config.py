@@ -100,3 +100,15 @@ def test_malformed_json_and_missing_file(tmp_path):
         load_config(write(tmp_path, "[1, 2]"))
     with pytest.raises(ConfigError, match="expected section.key=value"):
         load_config(write(tmp_path, {}), ["workers.num_workers"])
+
+
+def test_config_reference_in_docs_is_current():
+    """docs/config.md is generated from the models' field docstrings; regenerate with
+    ``python -m marlseg.config`` after changing a field."""
+    from pathlib import Path
+
+    from marlseg.config import reference_markdown
+
+    doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    assert reference_markdown() in doc
+    assert "`fragments.block_shape`" in doc and "`workers.type`" in doc

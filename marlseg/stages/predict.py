@@ -1,15 +1,360 @@
-"""Blockwise affinity prediction. Not built yet: the training issue builds it."""
+"""Blockwise affinity prediction (``01_predict.py``): raw -> uint8 affinities in zarr.
+
+The network sees windows of its input shape laid on one grid over the whole volume, anchored
+at the raw's begin. Each window's output is cropped by ``margin`` on every side (UNETR's input
+and output are the same size, so the margin *is* the context: voxels near a window's edge see
+little context and are predicted by the neighbouring window instead); the cropped cores tile
+the volume. Because the grid does not depend on the blocks, a voxel's affinities are the same
+whatever the block shape, and a resumed run writes exactly what an uninterrupted one would.
+Raw outside the volume is mirrored (a function of the global position, again independent of
+the blocks). Raw is normalised exactly as in training
+(:func:`marlseg.gp_pipelines.normalize.normalize_raw`).
+
+Each worker loads the model once (:meth:`PredictStage.init_worker`), on its GPU if it has one
+(``predict.device``), then per block reads the raw its windows need, runs them in batches of
+``predict.batch_size`` and writes the block's write ROI (idempotent: a pure function of the
+raw and the checkpoint). The checkpoint's ``network`` entry defines the architecture.
+
+The module also holds the in-memory pieces training's validation uses (:func:`load_model`,
+:func:`predict_volume`), so validation and the blockwise stage predict the same way.
+"""
 
 from __future__ import annotations
 
-from marlseg.errors import NotBuiltYet
-from marlseg.stage import Stage
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from marlseg.blockwise import BlockwiseStage
+from marlseg.config import DatasetRef, NetworkConfig
+from marlseg.errors import ConfigError
+from marlseg.stage import check_writable
+from marlseg.volumes import check_multiple, is_hdf5, open_volume, prepare_volume, write
+
+if TYPE_CHECKING:
+    import torch
+
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "unetr_fib.pt"
+"""The checkpoint shipped with marlseg (``predict.checkpoint: null``)."""
 
 
-class PredictStage(Stage):
-    """Blockwise affinity prediction."""
+# --- the model ------------------------------------------------------------------------------
+def select_device(name: str) -> torch.device:
+    """``auto``: the (worker's) GPU if there is one, else the CPU."""
+    import torch
+
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("device", "cuda requested but no GPU is visible")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def checkpoint_path(path: Path | None, field: str = "predict.checkpoint") -> Path:
+    if path is not None:
+        return Path(path)
+    if not SHIPPED_CHECKPOINT.is_file():
+        raise ConfigError(field, f"null means the shipped {SHIPPED_CHECKPOINT}, which is missing")
+    return SHIPPED_CHECKPOINT
+
+
+def read_unetr_checkpoint(path: Path, field: str = "predict.checkpoint") -> dict[str, Any]:
+    """A UNETR checkpoint (``kind: unetr``) with a valid ``network`` entry; ConfigError if not."""
+    from marlseg.networks.unetr import read_checkpoint
+
+    ckpt = read_checkpoint(path, field)
+    if ckpt.get("kind") != "unetr":
+        raise ConfigError(
+            field,
+            f"{path} is a {ckpt.get('kind')!r} checkpoint; prediction needs a trained UNETR "
+            "('unetr', from 00_train.py)",
+        )
+    try:
+        ckpt["network_config"] = NetworkConfig.model_validate(ckpt["network"])
+    except Exception as e:
+        raise ConfigError(field, f"{path} has no valid 'network' entry: {e}") from None
+    return ckpt
+
+
+def out_channels(ckpt: dict[str, Any]) -> int:
+    return int(ckpt["model"]["out.conv.conv.weight"].shape[0])
+
+
+def load_model(path: Path, device: torch.device | str = "cpu", field: str = "predict.checkpoint"):
+    """The UNETR of a checkpoint, in eval mode on ``device``; returns ``(model, checkpoint)``."""
+    from marlseg.networks.unetr import build_unetr
+
+    ckpt = read_unetr_checkpoint(path, field)
+    model = build_unetr(ckpt["network_config"], out_channels(ckpt))
+    model.load_state_dict(ckpt["model"], strict=True)
+    model.to(device).eval()
+    return model, ckpt
+
+
+def default_margin(input_shape: Sequence[int]) -> list[int]:
+    """1/8 of the input on every axis (voxels)."""
+    return [s // 8 for s in input_shape]
+
+
+# --- windows on a global grid ---------------------------------------------------------------
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Map indices (possibly outside ``[0, n)``) into it by mirroring at the edges, without
+    repeating the edge voxel (numpy's ``reflect``)."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx >= n, period - idx, idx)
+
+
+def read_mirrored(source: Any, begin: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """``source[begin : begin + shape]`` (voxels, spatial axes only), mirrored where it leaves
+    ``source``. Reads one box from ``source`` (h5py, zarr or numpy)."""
+    dims = source.shape[-3:]
+    axes = [reflect_index(np.arange(b, b + s), n) for b, s, n in zip(begin, shape, dims)]
+    lo = [int(a.min()) for a in axes]
+    hi = [int(a.max()) + 1 for a in axes]
+    box = np.asarray(source[tuple(slice(a, b) for a, b in zip(lo, hi))])
+    if all(a[0] == low and np.all(np.diff(a) == 1) for a, low in zip(axes, lo)):
+        return box
+    return box[np.ix_(*(a - low for a, low in zip(axes, lo)))]
+
+
+def predict_windows(
+    model: torch.nn.Module, windows: np.ndarray, device: torch.device | str, batch_size: int
+) -> np.ndarray:
+    """Affinities in [0, 1] of normalised windows ``(N, 1, Z, Y, X)`` -> ``(N, C, Z, Y, X)``."""
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for i in range(0, len(windows), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(windows[i : i + batch_size])).to(device)
+            outs.append(model(x).float().cpu().numpy())
+    return np.concatenate(outs)
+
+
+def window_grid(
+    begin: Sequence[int], shape: Sequence[int], core: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The windows covering ``[begin, begin + shape)`` (voxels): index of the first window
+    and the number of windows per axis, on the grid of cores anchored at voxel 0."""
+    begin, shape, core = np.asarray(begin), np.asarray(shape), np.asarray(core)
+    first = begin // core
+    last = -(-(begin + shape) // core)  # ceil
+    return first, last - first
+
+
+def predict_region(
+    model: torch.nn.Module,
+    source: Any,
+    begin: Sequence[int],
+    shape: Sequence[int],
+    input_shape: Sequence[int],
+    margin: Sequence[int],
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+    channels: int | None = None,
+) -> np.ndarray:
+    """Affinities ``(C, *shape)`` float32 of the region ``[begin, begin + shape)`` (voxels,
+    relative to ``source``'s first voxel), from windows on the grid anchored at voxel 0."""
+    from marlseg.gp_pipelines.normalize import normalize_raw
+
+    inp = np.asarray(input_shape)
+    m = np.asarray(margin)
+    core = inp - 2 * m
+    if np.any(core <= 0):
+        raise ConfigError(
+            "predict.margin", f"margin {list(m)} leaves no core of input {list(inp)} voxels"
+        )
+    first, counts = window_grid(begin, shape, core)
+    begin, shape = np.asarray(begin), np.asarray(shape)
+    start = first * core - m  # the first window's begin
+    raw = read_mirrored(source, start, counts * core + 2 * m)
+    raw = normalize_raw(raw)
+    windows = np.stack(
+        [
+            raw[tuple(slice(k * c, k * c + i) for k, c, i in zip(ks, core, inp))]
+            for ks in np.ndindex(*counts)
+        ]
+    )[:, None]
+    pred = predict_windows(model, windows, device, batch_size)
+    nc = channels or pred.shape[1]
+    out = np.empty((nc, *(counts * core)), dtype=np.float32)
+    for ks, p in zip(np.ndindex(*counts), pred):
+        dst = tuple(slice(k * c, (k + 1) * c) for k, c in zip(ks, core))
+        src = tuple(slice(mm, mm + c) for mm, c in zip(m, core))
+        out[(slice(None), *dst)] = p[(slice(0, nc), *src)]
+    offset = begin - first * core
+    return out[(slice(None), *(slice(o, o + s) for o, s in zip(offset, shape)))]
+
+
+def predict_volume(
+    model: torch.nn.Module,
+    raw: np.ndarray,
+    margin: Sequence[int] | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+) -> np.ndarray:
+    """Affinities ``(C, *raw.shape)`` float32 of an in-memory raw volume (validation)."""
+    input_shape = model.encoder.img_size
+    margin = default_margin(input_shape) if margin is None else margin
+    return predict_region(model, raw, (0, 0, 0), raw.shape, input_shape, margin, device, batch_size)
+
+
+def to_uint8(affs: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(affs * 255.0), 0, 255).astype(np.uint8)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# --- the stage --------------------------------------------------------------------------------
+class PredictStage(BlockwiseStage):
+    """Blockwise affinity prediction with a trained UNETR."""
 
     name = "predict"
+    read_write_conflict = False  # reads raw only, writes inside its write ROI only
+
+    # scheduler side
+    def _raw_ref(self) -> DatasetRef:
+        if self.config.raw is None:
+            raise ConfigError("raw", "required: the raw volume to predict")
+        return self.config.raw
+
+    def _checkpoint(self) -> dict[str, Any]:
+        if not hasattr(self, "_ckpt"):
+            path = checkpoint_path(self.config.predict.checkpoint)
+            self._ckpt = read_unetr_checkpoint(path)
+            self._ckpt["path"] = path
+        return self._ckpt
+
+    def _raw_meta(self) -> tuple[Roi, Coordinate]:
+        raw = open_volume(self._raw_ref(), field="raw")
+        if len(raw.voxel_size) != 3 or raw.channel_dims:
+            raise ConfigError("raw", f"expected a 3D volume without channels, got {raw.shape}")
+        roi, vs = raw.roi, raw.voxel_size
+        f = getattr(raw._source_data, "file", None)
+        if f is not None:
+            f.close()
+        return roi, Coordinate(vs)
+
+    def network(self) -> NetworkConfig:
+        return self._checkpoint()["network_config"]
+
+    def margin_voxels(self) -> list[int]:
+        vs = self.voxel_size()
+        if self.config.predict.margin is None:
+            return default_margin(self.network().input_shape)
+        return [int(m) // int(v) for m, v in zip(self.config.predict.margin, vs)]
+
+    def core_voxels(self) -> list[int]:
+        return [i - 2 * m for i, m in zip(self.network().input_shape, self.margin_voxels())]
+
+    def voxel_size(self) -> Coordinate:
+        return self._raw_meta()[1]
+
+    def geometry(self) -> tuple[Roi, Coordinate, Coordinate]:
+        roi, vs = self._raw_meta()
+        if self.config.predict.block_shape is not None:
+            block = Coordinate(self.config.predict.block_shape)
+        else:
+            block = Coordinate(c * 2 for c in self.core_voxels()) * vs
+        return roi, block, Coordinate(self.margin_voxels()) * vs
+
+    @property
+    def affs_ref(self) -> DatasetRef:
+        return self.config.affs
 
     def check(self) -> None:
-        raise NotBuiltYet(self.name, "not built yet (the training issue); nothing was run")
+        super().check()
+        roi, vs = self._raw_meta()
+        ckpt = self._checkpoint()
+        p = self.config.predict
+        if p.block_shape is not None:
+            check_multiple("predict.block_shape", p.block_shape, vs)
+        if p.margin is not None:
+            check_multiple("predict.margin", p.margin, vs)
+        if any(c <= 0 for c in self.core_voxels()):
+            raise ConfigError(
+                "predict.margin",
+                f"{self.margin_voxels()} voxels on each side leave nothing of the network "
+                f"input {self.network().input_shape}",
+            )
+        if is_hdf5(Path(self.affs_ref.path)):
+            raise ConfigError("predict.affs.path", "outputs are zarr containers, not HDF5")
+        check_writable("predict.affs.path", Path(self.affs_ref.path).parent)
+        if p.device == "cuda":
+            select_device("cuda")
+        del ckpt
+
+    def fingerprint(self) -> dict[str, Any]:
+        ckpt = self._checkpoint()
+        return {
+            "raw": str(self._raw_ref()),
+            "checkpoint": file_digest(ckpt["path"]),
+            "network": ckpt["network"],
+            "margin": self.margin_voxels(),
+            "affs": str(self.affs_ref),
+        }
+
+    def prepare(self) -> None:
+        roi, block, _ = self.geometry()
+        ckpt = self._checkpoint()
+        affs = prepare_volume(
+            self.affs_ref,
+            roi,
+            self.voxel_size(),
+            np.uint8,
+            block,
+            num_channels=out_channels(ckpt),
+            field="predict.affs",
+        )
+        nbh = ckpt.get("neighborhood")
+        if nbh is not None:
+            affs._source_data.attrs["neighborhood"] = nbh
+
+    # worker side
+    def init_worker(self) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, self.workers.cpus))
+        self.device = select_device(self.config.predict.device)
+        self.model, ckpt = load_model(checkpoint_path(self.config.predict.checkpoint), self.device)
+        self.input_shape = list(self.model.encoder.img_size)
+        self._ckpt = {**ckpt, "path": checkpoint_path(self.config.predict.checkpoint)}
+        self.raw = open_volume(self._raw_ref(), field="raw")
+        self.affs = open_volume(self.affs_ref, mode="r+", field="predict.affs")
+        self.margin = self.margin_voxels()
+
+    def process_block(self, block) -> None:
+        self.predict_roi(block.write_roi)
+
+    def predict_roi(self, roi: Roi) -> None:
+        """Predict and write ``roi`` (world units, inside the raw ROI after clipping)."""
+        roi = roi.intersect(self.raw.roi)
+        if roi.empty:
+            return
+        vs = self.raw.voxel_size
+        begin = (roi.begin - self.raw.roi.begin) / vs
+        shape = roi.shape / vs
+        affs = predict_region(
+            self.model,
+            self.raw._source_data,
+            begin,
+            shape,
+            self.input_shape,
+            self.margin,
+            self.device,
+            self.config.predict.batch_size,
+        )
+        write(self.affs, roi, to_uint8(affs))

@@ -1,0 +1,66 @@
+"""Training targets: affinities from labels, and class-balancing weights.
+
+An affinity for offset ``d`` at voxel ``p`` is 1 iff ``labels[p] == labels[p + d] != 0``
+(gunpowder's convention; label 0 is boundary/background and never affine). The default
+neighbourhood is the nearest three (``-z, -y, -x``), the one the fragment and agglomeration
+stages read; longer ranges can be appended (they help the network see across thin gaps and
+are ignored downstream unless a stage asks for them). Weights balance affine and non-affine
+voxels per channel (gunpowder ``BalanceLabels``), zero where the labels mask says unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gunpowder as gp
+import numpy as np
+
+NEAREST = [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
+
+
+def neighborhood(long_range: Sequence[int] = ()) -> list[list[int]]:
+    """Nearest three offsets, then for each ``r`` in ``long_range`` the offsets ``-r`` along
+    every axis (e.g. ``[3, 9]``: 3 + 6 channels)."""
+    offsets = [list(o) for o in NEAREST]
+    for r in long_range:
+        if int(r) < 2:
+            raise ValueError(f"long-range offsets must be >= 2 voxels, got {r}")
+        offsets += [[-int(r), 0, 0], [0, -int(r), 0], [0, 0, -int(r)]]
+    return offsets
+
+
+def check_neighborhood(nbh: Sequence[Sequence[int]]) -> list[list[int]]:
+    nbh = [list(map(int, o)) for o in nbh]
+    if not nbh:
+        raise ValueError("the neighbourhood needs at least one offset")
+    for o in nbh:
+        if len(o) != 3 or not any(o):
+            raise ValueError(f"offsets are 3 non-all-zero integers (z, y, x), got {o}")
+    if nbh[:3] != NEAREST:
+        raise ValueError(
+            f"the first three offsets must be the nearest three {NEAREST} (post-processing "
+            f"reads channels 0-2 as those), got {nbh[:3]}"
+        )
+    return nbh
+
+
+def affinity_targets(
+    labels: gp.ArrayKey,
+    affinities: gp.ArrayKey,
+    weights: gp.ArrayKey,
+    nbh: Sequence[Sequence[int]] = NEAREST,
+    labels_mask: gp.ArrayKey | None = None,
+) -> list[gp.BatchFilter]:
+    """Nodes adding ``affinities`` (uint8) and ``weights`` (float32) for ``labels``."""
+    affs_mask = gp.ArrayKey(f"{affinities.identifier}_MASK")
+    return [
+        gp.AddAffinities(
+            affinity_neighborhood=[list(o) for o in nbh],
+            labels=labels,
+            affinities=affinities,
+            labels_mask=labels_mask,
+            affinities_mask=affs_mask,
+            dtype=np.uint8,
+        ),
+        gp.BalanceLabels(affinities, weights, mask=affs_mask),
+    ]
