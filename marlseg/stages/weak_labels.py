@@ -1,15 +1,309 @@
-"""Weak labels from image-level tags by self-play. Not built yet: the self-play issue builds it."""
+"""``08_weak_labels.py``: weak voxel masks from image-level tags, by self-play.
+
+1. Tags: the CSV ``weak_labels.tags`` (or the rule ``weak_labels.derive``) names 2D crops of
+   EM sections as containing the ROI (1) or not (0).
+2. A presence detector is trained on the tagged crops (``run.dir/weak_labels/detector.pt``).
+3. The patch policy is trained by self-play on tiles of ``raw`` scored by the detector
+   (``run.dir/weak_labels/policy.pt``); no labels are needed for this step.
+4. Every tile of every z-section of ``raw`` is played greedily (the policy against itself); the
+   selected patches are written as a uint8 mask (1 = ROI) with ``raw``'s voxel size and offset,
+   by default to ``run.dir/weak_mask.zarr`` / ``volumes/mask``.
+
+The mask is a valid ``fragments.mask`` (non-zero = process: blocks with no selected voxel are
+skipped) and a weak label volume for training. Checkpoints of an earlier run with the same
+inputs and settings are reused; ``--restart`` retrains. Runs in this process (CPU or one GPU),
+region by region, so memory stays bounded; it is not distributed over workers.
+"""
 
 from __future__ import annotations
 
-from marlseg.errors import NotBuiltYet
-from marlseg.stage import Stage
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from funlib.geometry import Coordinate
+
+from marlseg import selfplay as sp
+from marlseg.config import DatasetRef, WeakLabelsConfig
+from marlseg.errors import ConfigError
+from marlseg.networks.selfplay import PatchPolicy, PresenceDetector
+from marlseg.stage import Stage, check_writable
+from marlseg.volumes import dataset_exists, is_hdf5, open_volume, prepare_volume
+
+REGION_VOXELS = 256
+"""Target y/x extent of the regions the mask is computed and written in (and its chunks)."""
 
 
 class WeakLabelsStage(Stage):
-    """Weak labels from image-level tags by self-play."""
+    """Weak labels from image-level tags by self-play: a presence detector and two competing
+    patch-selecting agents turn crop tags into a voxel mask (zarr)."""
 
     name = "weak_labels"
+    description = "Weak masks from image-level tags by self-play (a detector + two agents)."
 
+    @property
+    def section(self) -> WeakLabelsConfig:
+        return self.config.weak_labels
+
+    @property
+    def mask_ref(self) -> DatasetRef:
+        return self.section.mask or DatasetRef(
+            path=self.run_dir / "weak_mask.zarr", dataset="volumes/mask"
+        )
+
+    @property
+    def work_dir(self) -> Path:
+        return self.run_dir / "weak_labels"
+
+    # --- geometry ---------------------------------------------------------------------------
+    def _raw(self):
+        if self.config.raw is None:
+            raise ConfigError("raw", "required: the EM volume to label")
+        raw = open_volume(self.config.raw, field="raw")
+        if raw.channel_dims or len(raw.voxel_size) != 3:
+            raise ConfigError("raw", f"expected a 3D (z, y, x) volume, got shape {raw.shape}")
+        return raw
+
+    def _region(self) -> tuple[int, int, int]:
+        ty, tx = self.section.tile_shape
+        return 8, ty * max(1, REGION_VOXELS // ty), tx * max(1, REGION_VOXELS // tx)
+
+    def _chunk_nm(self, voxel_size: Coordinate) -> Coordinate:
+        if self.section.chunk_shape is not None:
+            return Coordinate(self.section.chunk_shape)
+        return Coordinate(self._region()) * voxel_size
+
+    # --- checks -----------------------------------------------------------------------------
     def check(self) -> None:
-        raise NotBuiltYet(self.name, "not built yet (the self-play issue); nothing was run")
+        super().check()
+        sec = self.section
+        raw = self._raw()
+        if sec.tags is None and sec.derive is None:
+            raise ConfigError(
+                "weak_labels.tags", "set a tags CSV (or weak_labels.derive, a rule on labels)"
+            )
+        if sec.tags is not None:
+            self._tags = sp.read_tags(sec.tags)
+        else:
+            lab = open_volume(sec.derive.labels, field="weak_labels.derive.labels")
+            if tuple(lab.shape) != tuple(raw.shape):
+                raise ConfigError(
+                    "weak_labels.derive.labels",
+                    f"shape {list(lab.shape)} differs from raw's {list(raw.shape)}",
+                )
+        if sec.detector.checkpoint is not None and not Path(sec.detector.checkpoint).is_file():
+            raise ConfigError(
+                "weak_labels.detector.checkpoint", f"file not found: {sec.detector.checkpoint}"
+            )
+        if sec.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("weak_labels.device", "cuda requested but no GPU is available")
+        chunk = self._chunk_nm(raw.voxel_size)
+        bad = [int(c) % int(v) for c, v in zip(chunk, raw.voxel_size)]
+        if any(bad):
+            raise ConfigError(
+                "weak_labels.chunk_shape",
+                f"{list(chunk)} nm is not a multiple of the voxel size {list(raw.voxel_size)} nm",
+            )
+        out = self.mask_ref
+        if is_hdf5(Path(out.path)):
+            raise ConfigError("weak_labels.mask.path", f"outputs are zarr, not HDF5: {out.path}")
+        check_writable("weak_labels.mask.path", Path(out.path).parent)
+        if dataset_exists(out):
+            have = open_volume(out, field="weak_labels.mask")
+            existing = (
+                list(have.shape),
+                list(have.voxel_size),
+                list(have.roi.offset),
+                str(have.dtype),
+                list(have._source_data.chunks),
+            )
+            wanted = (
+                list(raw.shape),
+                list(raw.voxel_size),
+                list(raw.roi.offset),
+                "uint8",
+                list(chunk / raw.voxel_size),
+            )
+            if existing != wanted:
+                raise ConfigError(
+                    "weak_labels.mask",
+                    f"{out.path}/{out.dataset} exists with shape/voxel size/offset/dtype/chunks "
+                    f"{existing}, this run needs {wanted}: use another mask or delete it",
+                )
+
+    # --- run --------------------------------------------------------------------------------
+    def run(self, restart: bool = False) -> dict[str, Any]:
+        sec = self.section
+        t0 = time.time()
+        device = _device(sec.device)
+        raw = self._raw()
+        tags = getattr(self, "_tags", None) or self._load_tags()
+        out = prepare_volume(
+            self.mask_ref,
+            raw.roi,
+            raw.voxel_size,
+            np.uint8,
+            self._chunk_nm(raw.voxel_size),
+            field="weak_labels.mask",
+        )
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        _say(f"weak_labels: {len(tags)} tag rows, {sum(t.num_crops for t in tags)} crops")
+
+        det, det_metrics = self._detector(tags, device, restart)
+        policy, play_metrics = self._policy(raw, det, tags, device, restart)
+
+        stats = sp.label_volume(
+            raw,
+            out,
+            det,
+            policy,
+            patch=sec.patch_size,
+            tile=sec.tile_shape,
+            context=sec.score_context,
+            roi_threshold=sec.roi_threshold,
+            region=self._region(),
+            device=device,
+            log=_say,
+        )
+        summary = {
+            "mask": str(self.mask_ref),
+            "detector": det_metrics,
+            "selfplay": play_metrics,
+            "selected_fraction": stats["selected_fraction"],
+            "voxels": stats["voxels"],
+            "wall_s": time.time() - t0,
+        }
+        (self.work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        _say(
+            f"weak_labels: wrote {self.mask_ref} ({stats['selected_fraction']:.1%} selected); "
+            f"detector tag accuracy {_fmt(det_metrics.get('val_accuracy'))} (held out); "
+            f"summary in {self.work_dir / 'summary.json'}"
+        )
+        return summary
+
+    def _load_tags(self) -> list[sp.Tag]:
+        sec = self.section
+        if sec.tags is not None:
+            return sp.read_tags(sec.tags)
+        d = sec.derive
+        return sp.derive_tags(self.config.raw, d.labels, d.crop_shape, d.min_area, d.min_fraction)
+
+    def _detector(
+        self, tags: list[sp.Tag], device: torch.device, restart: bool
+    ) -> tuple[PresenceDetector, dict[str, Any]]:
+        sec = self.section
+        if sec.detector.checkpoint is not None:
+            state, meta = sp.load_checkpoint(Path(sec.detector.checkpoint))
+            return _detector_from(state, meta, device), meta.get("metrics", {})
+        key = sp.fingerprint(
+            {
+                "tags": sp.tags_fingerprint(tags),
+                "detector": sec.detector.model_dump(mode="json"),
+                "seed": sec.seed,
+            }
+        )
+        path = self.work_dir / "detector.pt"
+        if path.is_file() and not restart:
+            state, meta = sp.load_checkpoint(path)
+            if meta.get("fingerprint") == key:
+                _say(f"weak_labels: reusing {path}")
+                return _detector_from(state, meta, device), meta["metrics"]
+        crops, labels = sp.load_crops(tags)
+        det, metrics = sp.train_detector(
+            crops, labels, sec.detector, seed=sec.seed, device=device, log=_say
+        )
+        meta = {
+            "fingerprint": key,
+            "metrics": metrics,
+            "width": sec.detector.width,
+            "lse_r": sec.detector.lse_r,
+        }
+        sp.save_checkpoint(path, det, meta)
+        return det, metrics
+
+    def _policy(
+        self, raw, det: PresenceDetector, tags: list[sp.Tag], device: torch.device, restart: bool
+    ) -> tuple[PatchPolicy, dict[str, Any]]:
+        sec = self.section
+        key = sp.fingerprint(
+            {
+                "detector": _digest(det),
+                "selfplay": sec.selfplay.model_dump(mode="json"),
+                "patch": sec.patch_size,
+                "tile": sec.tile_shape,
+                "context": sec.score_context,
+                "roi_threshold": sec.roi_threshold,
+                "raw": str(Path(self.config.raw.path).absolute()) + ":" + self.config.raw.dataset,
+                "seed": sec.seed,
+            }
+        )
+        path = self.work_dir / "policy.pt"
+        if path.is_file() and not restart:
+            state, meta = sp.load_checkpoint(path)
+            if meta.get("fingerprint") == key:
+                _say(f"weak_labels: reusing {path}")
+                policy = PatchPolicy(sp.OBS_CHANNELS, meta["width"])
+                policy.load_state_dict(state)
+                return policy.to(device).eval(), meta["metrics"]
+        rng = np.random.default_rng(sec.seed)
+        tiles = sp.sample_tiles(raw, sec.tile_shape, sec.score_context, sec.selfplay.max_tiles, rng)
+        scores, feats = sp.tile_inputs(det, tiles, sec.patch_size, sec.score_context, device)
+        policy, hist = sp.train_selfplay(
+            scores,
+            feats,
+            sec.selfplay,
+            roi_threshold=sec.roi_threshold,
+            seed=sec.seed,
+            device=device,
+            log=_say,
+        )
+        last = slice(-max(1, sec.selfplay.iterations // 10), None)
+        metrics = {
+            "tiles": len(tiles),
+            "agreement_with_threshold": float(np.mean(hist.agreement[last])),
+            "correct_terminations": float(np.mean(hist.correct_termination[last])),
+            "mean_game_steps": float(np.mean(hist.game_steps[last])),
+            "pool_size": hist.pool_size[-1],
+        }
+        sp.save_checkpoint(
+            path, policy, {"fingerprint": key, "metrics": metrics, "width": sec.selfplay.width}
+        )
+        return policy, metrics
+
+
+def _digest(model: torch.nn.Module) -> str:
+    """A digest of the weights: the policy is reused only with the detector it was trained on."""
+    h = hashlib.sha1()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _detector_from(state: dict, meta: dict, device: torch.device) -> PresenceDetector:
+    det = PresenceDetector(width=int(meta.get("width", 16)), lse_r=float(meta.get("lse_r", 5.0)))
+    try:
+        det.load_state_dict(state)
+    except RuntimeError as e:
+        raise ConfigError(
+            "weak_labels.detector.checkpoint", f"not a detector checkpoint: {e}"
+        ) from None
+    return det.to(device).eval()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)

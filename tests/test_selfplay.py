@@ -1,0 +1,495 @@
+"""Self-play weak labels: game rules, opponent sampling, learning on a toy grid, the stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from marlseg import selfplay as sp
+from marlseg.cli import main
+from marlseg.config import Config, DetectorConfig, SelfPlayConfig, load_config
+from marlseg.errors import ConfigError
+
+torch.set_num_threads(1)
+
+DATA = Path(__file__).parents[1] / "data"
+FIB = DATA / "fib_train.h5"
+
+
+def game(scores, **kw) -> sp.PatchGame:
+    return sp.PatchGame(torch.tensor([scores], dtype=torch.float32), **kw)
+
+
+def move(g: sp.PatchGame, patch: int, terminate: bool = False) -> list[float]:
+    return g.step(torch.tensor([patch]), torch.tensor([terminate]))[0].tolist()
+
+
+# --- game rules on hand-made score grids ----------------------------------------------------
+
+GRID = [[0.9, 0.8], [0.3, 0.1]]  # ROI patches (>= 0.5): 0 and 1
+
+
+def test_round_winner_gets_plus_one_loser_minus_one():
+    g = game(GRID)
+    assert move(g, 2) == [0, 0]  # player 0 picks 0.3; compared when player 1 has moved
+    assert move(g, 0) == [-1, 1]  # player 1 picks 0.9 and wins the round
+    assert move(g, 1) == [0, 0]
+    assert move(g, 3) == [1, -1]  # 0.8 beats 0.1
+    assert g.done.item()  # every patch taken
+    assert g.selected.all()
+
+
+def test_invalid_pick_is_penalised_and_loses_the_round():
+    g = game(GRID, invalid_penalty=1.0)
+    move(g, 3)
+    assert move(g, 3) == [1, -2]  # taken: -1 penalty, and it loses to any valid pick
+    assert g.selected[0].flatten().tolist() == [False, False, False, True]
+
+
+def test_equal_scores_tie():
+    g = game([[0.5, 0.5]])
+    move(g, 0)
+    assert move(g, 1) == [0, 0]
+
+
+def test_termination_refuted_by_final_pick():
+    g = game(GRID, termination_reward=10)
+    assert move(g, 3, terminate=True) == [0, 0]  # claims no ROI left; its patch is ignored
+    assert g.final.item() and not g.selected.any()
+    assert move(g, 1, terminate=True) == [-10, 10]  # final pick finds ROI (flag ignored)
+    assert g.done.item() and g.found.item()
+    assert g.selected[0].flatten().tolist() == [False, True, False, False]
+
+
+def test_termination_confirmed_by_final_pick():
+    g = game(GRID, termination_reward=10)
+    move(g, 0)
+    assert move(g, 1) == [1, -1]  # both ROI patches gone
+    assert move(g, 2, terminate=True) == [0, 0]
+    assert move(g, 3) == [10, -10]  # final pick 0.1 is no ROI: the terminator was right
+    assert g.done.item() and not g.found.item()
+    assert g.selected[0].flatten().tolist() == [True, True, False, False]
+
+
+def test_final_pick_of_a_taken_roi_patch_does_not_count():
+    g = game(GRID, termination_reward=5)
+    move(g, 0)
+    move(g, 3, terminate=True)  # player 1 terminates, open round not compared
+    assert move(g, 0) == [-5, 5]  # taken patch: not found
+
+
+def test_second_mover_termination_leaves_round_uncompared():
+    g = game(GRID)
+    assert move(g, 2) == [0, 0]
+    assert move(g, 0, terminate=True) == [0, 0]
+    assert g.terminated_by.item() == 1
+
+
+def test_truncation_after_max_rounds():
+    g = game(GRID, max_rounds=1)
+    move(g, 3)
+    move(g, 3)  # invalid pick, round over: max rounds reached
+    assert g.done.item()
+
+
+def test_games_in_a_batch_are_independent():
+    g = sp.PatchGame(torch.tensor([GRID, GRID]))
+    r = g.step(torch.tensor([0, 3]), torch.tensor([False, True]))
+    assert r.tolist() == [[0, 0], [0, 0]]
+    r = g.step(torch.tensor([1, 0]), torch.tensor([False, False]))
+    assert r.tolist() == [[1, -1], [-10, 10]]
+    assert g.done.tolist() == [False, True]
+    # a finished game is frozen
+    r = g.step(torch.tensor([2, 2]), torch.tensor([False, False]))
+    assert r[1].tolist() == [0, 0]
+
+
+def test_returns_to_go():
+    r = torch.tensor([[1.0], [0.0], [-10.0]])
+    assert sp.returns_to_go(r, 0.5)[:, 0].tolist() == [1 - 2.5, -5.0, -10.0]
+
+
+def test_observation_channels():
+    g = game(GRID)
+    obs = g.observe()
+    assert obs.shape == (1, sp.OBS_CHANNELS, 2, 2)
+    move(g, 0, terminate=True)
+    obs = g.observe()
+    assert obs[0, 0].flatten().tolist() == pytest.approx([0.9, 0.8, 0.3, 0.1])
+    assert obs[0, -2].eq(1).all() and obs[0, -1].eq(1).all()  # final pick, second mover
+
+
+# --- opponent sampling ----------------------------------------------------------------------
+
+
+def _counts(pool: sp.OpponentPool, draws: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    idx = [pool.sample_index(rng) for _ in range(draws)]
+    return np.bincount(idx, minlength=len(pool))
+
+
+def _pool(sampling: str, n: int = 10, **kw) -> sp.OpponentPool:
+    pool = sp.OpponentPool(sampling, **kw)
+    net = torch.nn.Linear(2, 1)
+    for _ in range(n):
+        pool.add(net)
+    return pool
+
+
+def _chi2_pvalue(counts: np.ndarray, p: np.ndarray) -> float:
+    from scipy.stats import chisquare
+
+    expected = p * counts.sum()
+    return float(chisquare(counts, expected).pvalue)
+
+
+def test_truncnorm_favours_recent_snapshots():
+    pool = _pool("truncnorm", 10, sigma=0.3)
+    p = pool.probabilities()
+    assert p.sum() == pytest.approx(1.0)
+    assert np.all(np.diff(p) > 0)  # strictly rising towards the newest
+    assert p[-1] > 3 * p[0] and p[0] > 0  # old snapshots still play sometimes
+    counts = _counts(pool, 20000)
+    assert _chi2_pvalue(counts, p) > 0.01  # draws follow the stated distribution
+    assert counts[-1] == counts.max()
+    assert counts[5:].sum() > 0.75 * counts.sum()
+
+
+def test_uniform_is_uniform():
+    pool = _pool("uniform", 10)
+    assert pool.probabilities() == pytest.approx(np.full(10, 0.1))
+    counts = _counts(pool, 20000)
+    assert _chi2_pvalue(counts, np.full(10, 0.1)) > 0.01
+
+
+def test_latest_only_is_latest():
+    pool = _pool("latest", 10)
+    assert pool.probabilities().tolist() == [0] * 9 + [1]
+    assert _counts(pool, 500)[-1] == 500
+
+
+def test_pool_keeps_snapshots_and_drops_the_oldest():
+    net = torch.nn.Linear(1, 1, bias=False)
+    pool = sp.OpponentPool("uniform", max_size=3)
+    for v in range(5):
+        torch.nn.init.constant_(net.weight, float(v))
+        pool.add(net)
+    assert [s["weight"].item() for s in pool.snapshots] == [2.0, 3.0, 4.0]
+    torch.nn.init.constant_(net.weight, 9.0)  # snapshots are copies
+    assert pool.snapshots[-1]["weight"].item() == 4.0
+    assert _pool("truncnorm", 1).probabilities().tolist() == [1.0]
+
+
+# --- learning on a toy grid with a known ROI ------------------------------------------------
+
+
+def toy_grids(n: int, g: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Score grids: a random rectangle of ROI patches scoring 0.65-1, the rest 0-0.35."""
+    s = rng.uniform(0.0, 0.35, size=(n, g, g))
+    roi = np.zeros((n, g, g), bool)
+    for i in range(n):
+        h, w = rng.integers(1, g, size=2)
+        y, x = rng.integers(0, g - h + 1), rng.integers(0, g - w + 1)
+        roi[i, y : y + h, x : x + w] = True
+    s[roi] = rng.uniform(0.65, 1.0, size=roi.sum())
+    return s.astype(np.float32), roi
+
+
+@pytest.mark.slow
+def test_trained_agents_select_the_roi():
+    scores, _ = toy_grids(256, 5, np.random.default_rng(0))
+    cfg = SelfPlayConfig(iterations=150, warmup_iterations=40, games_per_iteration=32)
+    policy, hist = sp.train_selfplay(scores, None, cfg, seed=0)
+    test_scores, truth = toy_grids(64, 5, np.random.default_rng(1))
+    untrained = sp.PatchPolicy(sp.OBS_CHANNELS, cfg.width).eval()
+    before = np.mean(
+        [sp.iou(a, b) for a, b in zip(sp.select_patches(untrained, test_scores), truth)]
+    )
+    sel = sp.select_patches(policy, test_scores)
+    after = np.mean([sp.iou(a, b) for a, b in zip(sel, truth)])
+    assert after > 0.8, (before, after)
+    assert before < 0.5
+    assert hist.pool_size[-1] == 1 + 150 // cfg.snapshot_every
+
+
+def test_patches_to_mask_and_metrics():
+    sel = np.array([[True, False], [False, True]])
+    m = sp.patches_to_mask(sel, (2, 3))
+    assert m.shape == (4, 6) and m[:2, :3].all() and not m[:2, 3:].any()
+    assert sp.iou(m, m) == 1.0 and sp.dice(m, ~m) == 0.0
+    assert sp.iou(np.zeros(3), np.zeros(3)) == 1.0
+
+
+def test_read_window_reflects_at_edges():
+    src = np.arange(2 * 4 * 5).reshape(2, 4, 5)
+    w = sp.read_window(src, (0, 2), (-2, 6), (-1, 7))
+    assert w.shape == (2, 8, 8)
+    assert (w[:, 2:6, 1:6] == src).all()
+    assert (w[:, 1, 1:6] == src[:, 1]).all()  # reflection, not zeros
+    big = sp.read_window(src, (0, 1), (-9, 13), (0, 5))  # pads larger than the array
+    assert big.shape == (1, 22, 5)
+
+
+def test_tile_inputs_scores_each_patch_with_its_context():
+    det = sp.PresenceDetector(width=4).eval()
+    tiles = np.random.default_rng(0).integers(0, 255, size=(3, 30, 40)).astype(np.uint8)
+    scores, feats = sp.tile_inputs(det, tiles, (10, 10), context=5)
+    assert scores.shape == (3, 2, 3) and feats.shape == (3, sp.FEATURE_CHANNELS, 2, 3)
+    direct = sp.presence(det, tiles[:1, 10:30, 10:30])[0]  # patch (1, 1) with its margin
+    assert scores[0, 1, 1] == pytest.approx(direct, abs=1e-5)
+
+
+def test_derive_tags_rule(tmp_path):
+    lab = np.zeros((1, 20, 20), np.uint64)
+    lab[0, :, :10] = 1  # 200 voxels: large
+    lab[0, :10, 10:] = 2  # 100 voxels: small
+    lab[0, 10:, 10:] = 3  # 100 voxels: small
+    path = tmp_path / "l.h5"
+    with h5py.File(path, "w") as f:
+        f["raw"] = np.zeros((1, 20, 20), np.uint8)
+        f["lab"] = lab
+    from marlseg.config import DatasetRef
+
+    tags = sp.derive_tags(
+        DatasetRef(path=path, dataset="raw"),
+        DatasetRef(path=path, dataset="lab"),
+        (10, 10),
+        150,
+        0.5,
+    )
+    assert [(t.box[1], t.box[2], t.tag) for t in tags] == [
+        (0, 0, 1),
+        (0, 10, 0),
+        (10, 0, 1),
+        (10, 10, 0),
+    ]
+
+
+# --- tags CSV -------------------------------------------------------------------------------
+
+HEADER = "path,dataset,z0,y0,x0,z1,y1,x1,tag\n"
+
+
+def write_csv(tmp_path: Path, rows: str, header: str = HEADER) -> Path:
+    p = tmp_path / "tags.csv"
+    p.write_text(header + rows)
+    return p
+
+
+def test_read_tags_3d_and_2d(tmp_path):
+    p = write_csv(
+        tmp_path,
+        f"{FIB},volumes/raw,0,0,0,3,20,20,1\n# a comment\n{FIB},volumes/raw,0,20,0,1,40,20,0\n",
+    )
+    tags = sp.read_tags(p)
+    assert [t.num_crops for t in tags] == [3, 1]
+    crops, labels = sp.load_crops(tags)
+    assert len(crops) == 4 and crops[0].shape == (20, 20) and labels.tolist() == [1, 1, 1, 0]
+    p2 = write_csv(
+        tmp_path,
+        f"{FIB},volumes/raw,4,0,0,20,20,1\n{FIB},volumes/raw,4,20,0,40,20,0\n",
+        "path,dataset,z,y0,x0,y1,x1,tag\n",
+    )
+    assert sp.read_tags(p2)[0].box == (4, 0, 0, 5, 20, 20)
+
+
+def test_tag_paths_are_relative_to_the_csv(tmp_path):
+    rel = Path("..") / "data" / "fib_train.h5"
+    p = Path(__file__).parent / "_tags_rel.csv"
+    try:
+        p.write_text(
+            HEADER
+            + f"{rel.as_posix()},volumes/raw,0,0,0,1,20,20,1\n{rel.as_posix()},volumes/raw,0,20,0,1,40,20,0\n"
+        )
+        assert sp.read_tags(p)[0].path.resolve() == FIB.resolve()
+    finally:
+        p.unlink()
+
+
+@pytest.mark.parametrize(
+    "rows, line, what",
+    [
+        ("{fib},volumes/raw,0,0,0,1,20,20,2\n", 2, "tag must be 0 or 1, got 2"),
+        (
+            "{fib},volumes/raw,0,0,0,1,20,20,1\n{fib},volumes/raw,0,90,0,1,120,20,0\n",
+            3,
+            "reaches outside",
+        ),
+        ("{fib},volumes/raw,0,0,0,1,20\n", 2, "expected 9 columns, got 7"),
+        ("{fib},volumes/raw,0,0,zero,1,20,20,1\n", 2, "whole numbers"),
+        ("{fib},volumes/raw,1,0,0,1,20,20,1\n", 2, "empty or negative box"),
+        ("{fib},volumes/nope,0,0,0,1,20,20,1\n", 2, "no dataset 'volumes/nope'"),
+        ("missing.h5,volumes/raw,0,0,0,1,20,20,1\n", 2, "file not found"),
+    ],
+)
+def test_bad_csv_names_file_and_line(tmp_path, rows, line, what):
+    p = write_csv(tmp_path, rows.format(fib=FIB))
+    with pytest.raises(ConfigError) as e:
+        sp.read_tags(p)
+    assert e.value.where == f"{p}, line {line}"
+    assert what in e.value.what and "\n" not in e.value.line()
+
+
+def test_bad_header_and_one_class(tmp_path):
+    with pytest.raises(ConfigError, match="line 1: header must be"):
+        sp.read_tags(write_csv(tmp_path, "", header="file,ds,tag\n"))
+    with pytest.raises(ConfigError, match="tagged 0 and crops tagged 1, got 0 and 1"):
+        sp.read_tags(write_csv(tmp_path, f"{FIB},volumes/raw,0,0,0,1,20,20,1\n"))
+
+
+# --- config ---------------------------------------------------------------------------------
+
+
+def test_config_section_checks():
+    c = Config()
+    assert c.weak_labels.selfplay.opponent_sampling == "truncnorm"
+    with pytest.raises(ConfigError, match="weak_labels: tile_shape .* not a multiple"):
+        load_config(None, ["weak_labels.tile_shape=[50,45]"])
+    with pytest.raises(ConfigError, match="weak_labels.patch_size: expected 2 values"):
+        load_config(None, ["weak_labels.patch_size=[1,10,10]"])
+    with pytest.raises(ConfigError, match="opponent_sampling"):
+        load_config(None, ["weak_labels.selfplay.opponent_sampling=best"])
+
+
+def test_shipped_config_loads():
+    root = Path(__file__).parents[1]
+    cfg = load_config(root / "configs" / "weak_labels_fib.json")
+    assert cfg.weak_labels.tags is not None
+    tags = sp.read_tags(root / cfg.weak_labels.tags)  # relative to the repository root
+    assert {t.tag for t in tags} == {0, 1}
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+def small_raw(tmp_path: Path) -> Path:
+    """A zarr raw with its own voxel size and offset, sections not a multiple of the tile."""
+    with h5py.File(FIB, "r") as f:
+        data = f["volumes/raw"][:3, :60, :70]
+    path = tmp_path / "raw.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    ds = root.create_dataset("raw", data=data, chunks=(1, 60, 70))
+    ds.attrs.update({"voxel_size": [40, 4, 4], "offset": [80, 40, 400]})
+    return path
+
+
+def stage_config(tmp_path: Path, tags: Path, **weak) -> Path:
+    cfg = {
+        "run": {"dir": str(tmp_path / "run")},
+        "raw": {"path": str(small_raw(tmp_path)), "dataset": "raw"},
+        "weak_labels": {
+            "tags": str(tags),
+            "device": "cpu",
+            "detector": {"iterations": 20, "batch_size": 16, "width": 4},
+            "selfplay": {
+                "iterations": 4,
+                "warmup_iterations": 2,
+                "games_per_iteration": 4,
+                "max_tiles": 8,
+                "width": 8,
+            },
+            **weak,
+        },
+    }
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps(cfg))
+    return p
+
+
+def tags_csv(tmp_path: Path) -> Path:
+    rows = "".join(
+        f"{FIB},volumes/raw,{z},{y},{x},{z + 2},{y + 20},{x + 20},{int((y + x) % 40 == 0)}\n"
+        for z in (10, 20)
+        for y in (0, 20, 40)
+        for x in (0, 20, 40, 60)
+    )
+    return write_csv(tmp_path, rows)
+
+
+def test_stage_writes_a_mask_like_raw(tmp_path, capsys):
+    cfg = stage_config(tmp_path, tags_csv(tmp_path))
+    assert main("weak_labels", [str(cfg)]) == 0
+    out = zarr.open(str(tmp_path / "run" / "weak_mask.zarr"), mode="r")["volumes/mask"]
+    assert out.shape == (3, 60, 70) and out.dtype == np.uint8
+    assert out.attrs["voxel_size"] == [40, 4, 4] and out.attrs["offset"] == [80, 40, 400]
+    mask = out[:]
+    assert set(np.unique(mask)) <= {0, 1}
+    # whole 10 x 10 patches on the tile grid (the edge tiles cropped)
+    for z in range(3):
+        blocks = mask[z, :60, :70]
+        for y in range(0, 60, 10):
+            for x in range(0, 70, 10):
+                assert len(np.unique(blocks[y : y + 10, x : x + 10])) == 1
+    summary = json.loads((tmp_path / "run" / "weak_labels" / "summary.json").read_text())
+    assert summary["selected_fraction"] == pytest.approx(mask.mean())
+    # the mask opens as a processing mask for the blockwise stages
+    from marlseg.config import DatasetRef
+    from marlseg.volumes import open_volume
+
+    arr = open_volume(DatasetRef(path=tmp_path / "run" / "weak_mask.zarr", dataset="volumes/mask"))
+    assert tuple(arr.voxel_size) == (40, 4, 4) and tuple(arr.roi.offset) == (80, 40, 400)
+    # a second run reuses both checkpoints and rewrites the same mask
+    capsys.readouterr()
+    assert main("weak_labels", [str(cfg)]) == 0
+    assert capsys.readouterr().out.count("reusing") == 2
+    assert (
+        zarr.open(str(tmp_path / "run" / "weak_mask.zarr"), mode="r")["volumes/mask"][:] == mask
+    ).all()
+
+
+def test_stage_bad_csv_is_one_line_and_writes_nothing(tmp_path, capsys):
+    bad = write_csv(
+        tmp_path, f"{FIB},volumes/raw,0,0,0,1,20,20,1\n{FIB},volumes/raw,0,0,0,1,20,20,x\n"
+    )
+    cfg = stage_config(tmp_path, bad)
+    assert main("weak_labels", [str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {bad}, line 3: expected whole numbers for the box and tag, got 'x'"
+    assert not (tmp_path / "run").exists()
+
+
+def test_stage_needs_tags_and_raw(tmp_path, capsys):
+    cfg = json.loads(stage_config(tmp_path, tags_csv(tmp_path)).read_text())
+    del cfg["weak_labels"]["tags"]
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert main("weak_labels", [str(tmp_path / "c.json")]) == 2
+    assert "weak_labels.tags: set a tags CSV" in capsys.readouterr().err
+    del cfg["raw"]
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    assert main("weak_labels", [str(tmp_path / "c.json")]) == 2
+    assert capsys.readouterr().err.startswith("error: raw: required")
+    assert not (tmp_path / "run").exists()
+
+
+def test_stage_refuses_a_mask_of_another_geometry(tmp_path, capsys):
+    other = tmp_path / "other.zarr"
+    zarr.open_group(str(other), mode="w").create_dataset("m", shape=(3, 60, 60), dtype=np.uint8)
+    cfg = stage_config(tmp_path, tags_csv(tmp_path), mask={"path": str(other), "dataset": "m"})
+    assert main("weak_labels", [str(cfg)]) == 2
+    assert "error: weak_labels.mask: " in capsys.readouterr().err
+
+
+def test_detector_learns_an_easy_tag():
+    rng = np.random.default_rng(0)
+    crops, labels = [], []
+    for i in range(200):
+        img = rng.normal(120, 20, size=(16, 16))
+        if i % 2:
+            y, x = rng.integers(0, 10, size=2)
+            img[y : y + 6, x : x + 6] = 230  # a bright blob = "contains X"
+        crops.append(np.clip(img, 0, 255).astype(np.uint8))
+        labels.append(i % 2)
+    det, m = sp.train_detector(
+        crops,
+        np.array(labels),
+        DetectorConfig(iterations=60, batch_size=32, width=4, lr=1e-2, val_fraction=0.2),
+    )
+    assert m["val_accuracy"] > 0.9
+    cam = sp.cam_probability(det, crops[1])
+    assert cam.shape == (16, 16)
