@@ -157,10 +157,10 @@ def bench_runner(config: Config) -> dict:
 
 def bench_training(train_config: Path, precache: list[int], steps: int, threads: int) -> dict:
     import torch
-    from marlseg.gp_pipelines.recipes import affinity_batches
-    from marlseg.networks.unetr import build_unetr
 
     from marlseg.config import load_config
+    from marlseg.gp_pipelines.recipes import affinity_batches
+    from marlseg.networks.unetr import build_unetr
     from marlseg.train import affinity_loss
 
     cfg = load_config(train_config)

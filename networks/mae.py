@@ -24,10 +24,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from marlseg.networks.hog import hog_dim, hog_features
-from marlseg.networks.vit import ViTEncoder
 from monai.networks.blocks import TransformerBlock
 from torch import nn
+
+from marlseg.networks.hog import hog_dim, hog_features
+from marlseg.networks.vit import ViTEncoder
 
 NORM_EPS = 1e-6
 

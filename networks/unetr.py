@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from marlseg.networks.vit import ViTEncoder, as_triple
 from monai.networks.blocks import UnetBasicBlock, UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 from monai.networks.blocks.dynunet_block import get_conv_layer
 from torch import nn
 
 from marlseg.errors import ConfigError
+from marlseg.networks.vit import ViTEncoder, as_triple
 
 if TYPE_CHECKING:
     from marlseg.config import NetworkConfig

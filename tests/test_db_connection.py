@@ -8,6 +8,7 @@ from urllib.parse import unquote
 
 import pymongo
 import pytest
+
 from marlseg.db import ENV_URI, DbError, MongoDbGraphDatabase, connect, mask_uri, resolve_uri
 from marlseg.db.connection import redact
 from marlseg.db.server import EmbeddedServer

@@ -11,6 +11,7 @@ import pytest
 from funlib.geometry import Roi
 from funlib.persistence.graphs.graph_database import GraphDataBase
 from funlib.persistence.types import Vec
+
 from marlseg.db import DbError, MongoDbGraphDatabase
 from marlseg.db.graph import META_ID
 

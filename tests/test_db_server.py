@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from marlseg.db import ENV_URI, DbError, EmbeddedServer, MongoDbGraphDatabase, open_graph_db
 from marlseg.db.server import _uri
 

@@ -10,12 +10,12 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from marlseg.networks.gnn import GnnActor, GnnCritic, SigmoidNormal
 from skimage.metrics import variation_of_information
 
 from marlseg.config import Config, EdgeRlConfig, load_config
 from marlseg.edge_rl import EdgeRlEnv, EdgeRlTrainer, bfs_crops, pool_fragment_features
 from marlseg.errors import ConfigError
+from marlseg.networks.gnn import GnnActor, GnnCritic, SigmoidNormal
 from marlseg.partition import mutex_partition, partition, threshold_partition
 from marlseg.priors import (
     CompositePrior,
@@ -549,7 +549,6 @@ def _stage_config(tmp_path, refs, uri, db_name, **edge_rl):
 
 def test_stage_round_trip_rl_weight_in_mongodb(tmp_path, mongo_uri):
     from marlseg.db import MongoDbGraphDatabase
-
     from marlseg.stages.edge_rl import EdgeRlStage
 
     # a 4 x 4 grid of column fragments, 4 x 8 x 8 voxels each

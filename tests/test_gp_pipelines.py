@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from funlib.geometry import Coordinate, Roi
+
+from marlseg.config import DatasetRef
+from marlseg.errors import ConfigError
 from marlseg.gp_pipelines.augment import NO_AUGMENT, AugmentOptions, augmentations, options
 from marlseg.gp_pipelines.normalize import normalize_raw
 from marlseg.gp_pipelines.recipes import affinity_batches, batch_seed, raw_batches
 from marlseg.gp_pipelines.sources import dataset_spec
 from marlseg.gp_pipelines.targets import neighborhood
-
-from marlseg.config import DatasetRef
-from marlseg.errors import ConfigError
 from marlseg.volumes import prepare_volume, write
 
 REPO_DATA = Path(__file__).parents[1] / "data"

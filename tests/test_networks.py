@@ -6,6 +6,9 @@ import math
 
 import pytest
 import torch
+
+from marlseg.config import NetworkConfig
+from marlseg.errors import ConfigError
 from marlseg.networks.unetr import (
     UNETR,
     build_encoder,
@@ -14,9 +17,6 @@ from marlseg.networks.unetr import (
     upsampling_factors,
 )
 from marlseg.networks.vit import ViTEncoder
-
-from marlseg.config import NetworkConfig
-from marlseg.errors import ConfigError
 
 torch.set_num_threads(1)
 

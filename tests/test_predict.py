@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from funlib.geometry import Coordinate, Roi
-from marlseg.networks.unetr import build_unetr
 
 from marlseg.config import Config, DatasetRef, NetworkConfig
 from marlseg.errors import ConfigError
+from marlseg.networks.unetr import build_unetr
 from marlseg.stages.predict import (
     SHIPPED_CHECKPOINT,
     PredictStage,

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from marlseg.cli import main
+from marlseg.config import load_config
 from marlseg.networks.hog import hog_features, orientation_votes
 from marlseg.networks.mae import MaskedAutoencoder, visible_index
 from marlseg.networks.marl import (
@@ -23,9 +26,6 @@ from marlseg.networks.marl import (
 )
 from marlseg.networks.unetr import build_unetr, load_encoder
 from marlseg.networks.vit import ViTEncoder
-
-from marlseg.cli import main
-from marlseg.config import load_config
 
 torch.set_num_threads(1)
 

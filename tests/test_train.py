@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from gunpowder.nodes.add_affinities import seg_to_affgraph
-from marlseg.gp_pipelines.recipes import affinity_batches
-from marlseg.networks.unetr import build_unetr, load_encoder
-from marlseg.networks.vit import ViTEncoder
 
 from marlseg.config import Config, NetworkConfig
 from marlseg.errors import ConfigError
+from marlseg.gp_pipelines.recipes import affinity_batches
+from marlseg.networks.unetr import build_unetr, load_encoder
+from marlseg.networks.vit import ViTEncoder
 from marlseg.stages.train import TrainStage
 from marlseg.train import TrainPaths, affinity_loss, segment_and_score, train
 
