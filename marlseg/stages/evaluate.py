@@ -143,7 +143,22 @@ class EvaluateStage(BlockwiseStage):
     def run(self, restart: bool = False) -> RunSummary:
         summary = super().run(restart=restart)
         self.scores = self.merge_and_score()
+        self.write_figures()
         return summary
+
+    def write_figures(self) -> None:
+        """Overlays of the best threshold and the run's report (issue 12). A figure that cannot
+        be drawn is reported, never allowed to discard the scores just computed."""
+        from marlseg.overlays import write_overlays
+        from marlseg.report import write_report
+
+        try:
+            figures = write_overlays(self.config, self.scores)
+            report = write_report(self.run_dir)
+        except Exception as e:  # noqa: BLE001 - the scores are already safe on disk
+            print(f"warning: evaluate: figures not written: {type(e).__name__}: {e}", flush=True)
+            return
+        print(f"  figures: {len(figures)} in {self.run_dir / 'figures'}; report: {report}")
 
     def merge_and_score(self) -> list[dict[str, float]]:
         files = sorted(self.tables_dir.glob("block_*.npz"))
