@@ -22,19 +22,11 @@ from marlseg.stages.predict import (
     read_mirrored,
 )
 from marlseg.volumes import open_volume, prepare_volume, write
+from tests.tiny import TINY_NET
 
 torch.set_num_threads(1)
 
 DATA = Path(__file__).parents[1] / "data"
-TINY_NET = {
-    "patch_size": [4, 8, 8],
-    "input_shape": [8, 16, 16],
-    "hidden_size": 24,
-    "mlp_dim": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "feature_size": 4,
-}
 VOXEL = (10, 10, 10)
 OFFSET = (40, 80, 120)
 SHAPE = (26, 50, 46)  # not a multiple of the window core (6, 12, 12): edge blocks are partial

@@ -21,21 +21,13 @@ from marlseg.networks.unetr import build_unetr, load_encoder
 from marlseg.networks.vit import ViTEncoder
 from marlseg.stages.train import TrainStage
 from marlseg.train import TrainPaths, affinity_loss, segment_and_score, train
+from tests.tiny import TINY_NET
 
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).parents[1]
 DATA = ROOT / "data"
 FIB = str(DATA / "fib_train.h5")
-TINY_NET = {
-    "patch_size": [4, 8, 8],
-    "input_shape": [8, 16, 16],
-    "hidden_size": 24,
-    "mlp_dim": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "feature_size": 4,
-}
 
 
 def make_config(run_dir: Path, **train) -> Config:
