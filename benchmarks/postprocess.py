@@ -53,6 +53,7 @@ def tile_volume(out: Path, shape: tuple[int, int, int], chunk: int = 128) -> Non
     with h5py.File(DATA, "r") as f:
         boundary = f["volumes/predictions/boundary_p1"][:]
         labels = f["volumes/labels/neuron_ids"][:]
+        raw = f["volumes/raw"][:]
     root = zarr.open_group(str(out), mode="w")
     attrs = {"voxel_size": [10, 10, 10], "resolution": [10, 10, 10], "offset": [0, 0, 0]}
     comp = zarr.Blosc(cname="zstd", clevel=3, shuffle=zarr.Blosc.BITSHUFFLE)
@@ -62,8 +63,12 @@ def tile_volume(out: Path, shape: tuple[int, int, int], chunk: int = 128) -> Non
     g = root.create_dataset(
         "gt", shape=shape, chunks=(chunk,) * 3, dtype=np.uint64, compressor=comp
     )
+    r = root.create_dataset(
+        "raw", shape=shape, chunks=(chunk,) * 3, dtype=np.uint8, compressor=comp
+    )
     b.attrs.update(attrs)
     g.attrs.update(attrs)
+    r.attrs.update(attrs)
     for z in range(0, shape[0], chunk):
         for y in range(0, shape[1], chunk):
             for x in range(0, shape[2], chunk):
@@ -76,6 +81,7 @@ def tile_volume(out: Path, shape: tuple[int, int, int], chunk: int = 128) -> Non
                 sl = (slice(z, z + n[0]), slice(y, y + n[1]), slice(x, x + n[2]))
                 b[sl] = boundary[idx]
                 g[sl] = labels[idx]
+                r[sl] = raw[idx]
 
 
 class RssSampler:
@@ -117,7 +123,8 @@ def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
     shape = (size * scale, size, size)
     work = Path(args.out) / f"pp_{shape[0]}x{shape[1]}x{shape[2]}"
     vol = work / "input.zarr"
-    if not (vol / ".zgroup").exists() or args.retile:
+    predict = getattr(args, "predict", False)
+    if not (vol / ".zgroup").exists() or not (vol / "raw").exists() or args.retile:
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
@@ -129,13 +136,26 @@ def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
         shutil.rmtree(run_dir)
     bs = args.block * 10
     ctx = args.context * 10
+    # 01 (--predict): the shipped UNETR predicts affinities from the tiled raw and 02 reads
+    # them; otherwise 02 reads the tiled boundary map (fib_train's own prediction)
+    source = (
+        [
+            f'raw={{"path": "{vol}", "dataset": "raw"}}',
+            "predict.device=cpu",
+            "predict.block_shape=[480, 960, 960]",
+        ]
+        if predict
+        else [f'fragments.boundary={{"path": "{vol}", "dataset": "boundary"}}']
+    )
+    mem = [f"workers.mem_mb={args.mem_mb}"] if getattr(args, "mem_mb", None) else []
     config = load_config(
         None,
         [
             f"run.dir={run_dir}",
             f"db.name=bench_{shape[0]}_{args.method}",
             f"workers.num_workers={args.workers}",
-            f'fragments.boundary={{"path": "{vol}", "dataset": "boundary"}}',
+            *source,
+            *mem,
             f'gt={{"path": "{vol}", "dataset": "gt"}}',
             f"fragments.block_shape=[{bs}, {bs}, {bs}]",
             f"fragments.context=[{ctx}, {ctx}, {ctx}]",
@@ -147,7 +167,7 @@ def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
     )
     voxels = int(np.prod(shape))
     rows = []
-    for name in STAGES:
+    for name in ["predict", *STAGES] if predict else STAGES:
         stage = get_stage(name)(config)
         stage.check()
         with RssSampler() as rss:

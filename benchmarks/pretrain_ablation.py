@@ -133,11 +133,18 @@ def run_arm(name: str, config: Config, out: Path, pretrain_mode: str | None) -> 
     data = config.model_dump(mode="json")
     data["run"]["dir"] = str(out / name)
     arm = Config.model_validate(copy.deepcopy(data))
-    result: dict = {"arm": name}
+    # Each arm predicts with its own fine-tuned network, exported from its own run: the best
+    # validation checkpoint when train.validation is set (it must not overlap the evaluated
+    # crop), else the last one.
+    arm.train.export = arm.run.dir / "unetr.pt"
+    arm.predict.checkpoint = arm.train.export
+    result: dict = {"arm": name, "wall_s": {}}
     try:
         if pretrain_mode is not None:
             arm.pretrain.masking = pretrain_mode
+            t0 = time.perf_counter()
             _run_stage("pretrain", arm)
+            result["wall_s"]["pretrain"] = round(time.perf_counter() - t0, 1)
             arm.train.init_encoder = arm.run.dir / "pretrain" / "mae.pt"
             rows = read_log(arm.run.dir / "pretrain" / "log.csv")
             result["mask_ratio_over_time"] = [
@@ -145,13 +152,45 @@ def run_arm(name: str, config: Config, out: Path, pretrain_mode: str | None) -> 
             ]
         else:
             arm.train.init_encoder = None
+        t0 = time.perf_counter()
         _run_stage("train", arm)
+        result["wall_s"]["train"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
         for stage in CHAIN:
             _run_stage(stage, arm)
+        result["wall_s"]["chain"] = round(time.perf_counter() - t0, 1)
         result["scores"] = _best_scores(arm)
     except MarlsegError as e:
         result["stopped"] = e.line()
     return result
+
+
+def plot_arms(results: list[dict], out: Path, png: Path) -> None:
+    """Fine-tuning loss of every arm (and the learned mask ratio of the MARL arm) in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in results:
+        rows = read_log(out / r["arm"] / "train" / "loss.csv")
+        if rows:
+            ax.plot(
+                [int(x["iteration"]) for x in rows],
+                [float(x["loss"]) for x in rows],
+                label=r["arm"],
+            )
+        if "mask_ratio_over_time" in r:
+            it, ratio = zip(*r["mask_ratio_over_time"]) if r["mask_ratio_over_time"] else ((), ())
+            ax2.plot(it, ratio, label=f"{r['arm']} (pretraining)")
+    ax.set(xlabel="fine-tuning iteration", ylabel="loss (balanced BCE)", title="fine-tuning")
+    ax2.set(xlabel="pretraining iteration", ylabel="mask ratio", title="mask ratio")
+    ax.legend()
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         s = r.get("scores")
         print(
-            f"{r['arm']}: "
+            f"{r['arm']}: {r['wall_s']} s; "
             + (
                 f"VOI {s['voi']:.3f} (split {s['voi_split']:.3f}, merge {s['voi_merge']:.3f}) "
                 f"at {s['threshold']}, ARAND {s['arand']:.3f}"
@@ -217,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  mask ratio over time: {r['mask_ratio_over_time']}")
     (args.out).mkdir(parents=True, exist_ok=True)
     (args.out / "ablation.json").write_text(json.dumps({"step_time": t, "arms": results}, indent=2))
+    plot_arms(results, args.out, args.out / "ablation.png")
+    print(f"figures in {args.out / 'ablation.json'} and {args.out / 'ablation.png'}")
     return 0
 
 

@@ -1,21 +1,27 @@
-"""Weak scaling of the post-processing chain (02-06): time against size, memory per worker.
+"""Weak scaling of the chain (01-06 or 02-06): time against size, memory per worker.
 
-fib_train's boundary map and labels are mirror-tiled (``benchmarks/postprocess.py``'s tiling,
-imported) to ``size x size x size`` voxels times each ``--factors`` multiple along z (default
-1 2 4 8), and 02-06 run on each with real workers and MongoDB. Per size and stage it records
-wall time and the peak RSS of every worker process (psutil, sampled every 0.2 s); then it fits
-``time ~ voxels ** k`` over the sizes (least squares in log-log) per stage and for the chain,
-and reports how flat peak RSS per worker stays (max over sizes / min over sizes - 1).
-Goals (issue 11): k = 1.0 +- 0.1 and peak RSS per worker flat within 10%.
+fib_train's raw, boundary map and labels are mirror-tiled (``benchmarks/postprocess.py``'s
+tiling, imported) to ``size x size x size`` voxels times each ``--factors`` multiple along z
+(default 1 2 4 8), and the stages run on each with real workers and MongoDB. Per size and
+stage it records wall time and the peak RSS of every worker process (psutil, sampled every
+0.2 s); then it fits ``time ~ voxels ** k`` over the sizes (least squares in log-log) per
+stage and for the chain, and reports how flat peak RSS per worker stays (max over sizes / min
+over sizes - 1). Goals (issue 11): k = 1.0 +- 0.1 and peak RSS per worker flat within 10%.
+It also fits ``time = start + voxels / rate`` (the fixed cost of a stage, worker start-up and
+scheduling, and its marginal throughput): while the fixed cost dominates, ``k`` reads below 1
+even for work that grows linearly.
 
-Prediction (01) runs too when ``--checkpoint`` names one (CPU; the raw is tiled the same way);
-without a checkpoint it is left out.
+``--predict`` adds 01: the shipped UNETR predicts affinities from the tiled raw on the CPU and
+02 reads them (without it, 02 reads the tiled boundary map). ``--mem-mb`` caps every worker's
+address space (``workers.mem_mb``; local workers apply it as ``ulimit -v``), so a worker that
+needed memory in proportion to the volume would fail its blocks.
 
-    python benchmarks/scale.py                           # 64^3 x 1 2 4 8: minutes
-    python benchmarks/scale.py --size 256 --block 128    # 256^3 .. 256x256x2048: ~0.5 GiB f32
-    python benchmarks/scale.py --size 512 --block 128    # top: 4096x512x512 = 4 GiB of float32
+    python benchmarks/scale.py                                      # 64^3 x 1 2 4 8: minutes
+    python benchmarks/scale.py --size 128 --block 64 --predict --mem-mb 1500
+    python benchmarks/scale.py --size 512 --block 128 --predict     # top: 4096x512x512 uint8
+                                                                    # raw = 1 GiB (hours here)
 
-Figures are printed and saved as ``<out>/scale_<size>.json``.
+Figures are printed and saved as ``<out>/scale_<size>_<method>[_predict].json``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,16 @@ def fit_exponent(voxels: list[int], walls: list[float]) -> float | None:
     return round(float(k), 3)
 
 
+def fit_affine(voxels: list[int], walls: list[float]) -> tuple[float, float] | None:
+    """``(start_s, voxels_per_s)`` of ``wall = start_s + voxels / voxels_per_s``: the fixed
+    cost of a stage (worker start-up, scheduling) and its marginal throughput. While the fixed
+    cost dominates, ``k`` of the power law reads below 1 even for linear work."""
+    if len(voxels) < 2:
+        return None
+    slope, start = np.polyfit(np.asarray(voxels, float), np.asarray(walls, float), 1)
+    return round(float(start), 2), (round(float(1 / slope)) if slope > 0 else None)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=64, help="base side, voxels (default 64)")
@@ -51,20 +67,31 @@ def main() -> None:
     p.add_argument("--context", type=int, default=8, help="context, voxels")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--method", choices=["watershed", "mutex"], default="watershed")
-    p.add_argument("--checkpoint", default=None, help="also run 01 (not implemented: see docs)")
+    p.add_argument(
+        "--predict",
+        action="store_true",
+        help="also run 01: the shipped UNETR (CPU) predicts from the tiled raw, 02 reads that",
+    )
+    p.add_argument(
+        "--mem-mb",
+        type=int,
+        default=None,
+        help="cap each worker's address space (workers.mem_mb), e.g. 1500",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     args = p.parse_args()
     args.retile = False
     args.keep = False
-    if args.checkpoint:
-        print("--checkpoint: 01 is not part of this benchmark yet; running 02-06", flush=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     rows = [r for f in args.factors for r in run_chain(args.size, f, args)]
     sizes = sorted({r["voxels"] for r in rows})
     result: dict = {"rows": rows, "stages": {}}
-    print(f"\n{'stage':>12} {'k (time~N^k)':>13} {'RSS/worker MB per size':>40} {'spread':>7}")
-    for stage in [*STAGES, "chain"]:
+    print(
+        f"\n{'stage':>12} {'k (time~N^k)':>13} {'start s':>8} {'marginal Mvox/s':>16} "
+        f"{'RSS/worker MB per size':>32} {'spread':>7}"
+    )
+    for stage in [*(["predict"] if args.predict else []), *STAGES, "chain"]:
         if stage == "chain":
             walls = [sum(r["wall_s"] for r in rows if r["voxels"] == v) for v in sizes]
             rss = [
@@ -75,19 +102,28 @@ def main() -> None:
             walls = [sel[v]["wall_s"] for v in sizes]
             rss = [sel[v]["peak_rss_mb_max"] or 0 for v in sizes]
         k = fit_exponent(sizes, walls)
+        affine = fit_affine(sizes, walls)
         spread = round(max(rss) / min(rss) - 1, 3) if min(rss) > 0 else None
         result["stages"][stage] = {
             "voxels": sizes,
             "wall_s": walls,
             "exponent": k,
+            "start_s": affine[0] if affine else None,
+            "marginal_voxels_per_s": affine[1] if affine else None,
             "peak_rss_mb_per_worker": rss,
             "rss_spread": spread,
         }
         rss_s = " ".join(f"{x:>6}" for x in rss)
         spread_s = f"{spread:.1%}" if spread is not None else "-"
-        print(f"{stage:>12} {k if k is not None else '-':>13} {rss_s:>40} {spread_s:>7}")
+        start_s = f"{affine[0]:.1f}" if affine else "-"
+        marginal = f"{affine[1] / 1e6:.3f}" if affine and affine[1] else "-"
+        print(
+            f"{stage:>12} {k if k is not None else '-':>13} {start_s:>8} {marginal:>16} "
+            f"{rss_s:>32} {spread_s:>7}"
+        )
     print("goals: k = 1.0 +- 0.1; RSS spread <= 10% (segments runs in the scheduler: no workers)")
-    out = Path(args.out) / f"scale_{args.size}_{args.method}.json"
+    tag = "_predict" if args.predict else ""
+    out = Path(args.out) / f"scale_{args.size}_{args.method}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"figures in {out}")

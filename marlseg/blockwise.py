@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -197,6 +198,18 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _abandonment(error: BaseException) -> str:
+    """One line from daisy's multi-line abandonment error: its counts and the last worker
+    error's last line (daisy's closing advice names its own Python API, not our config)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Fix the worker error")]
+    if not lines:
+        return "no reason given"
+    counts = re.sub(r"^.*?\):\s*", "", lines[0]).replace(" Last worker error:", "").rstrip(".")
+    last = re.sub(r"^[\w.]+(Error|Failed|Exception): ", "", lines[-1])
+    return counts if len(lines) == 1 else f"{counts}; last: {last}"
+
+
 def _last_line(text: str) -> str:
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
     return lines[-1] if lines else ""
@@ -264,9 +277,12 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
                 )
         except RuntimeError as e:  # abandonment: worker restart cap exhausted
             launcher.raise_submit_error()  # issue 6: "<stage>.workers: srun failed: <why>"
+            # daisy's own advice names its Python API; ours names the config key
             raise StageFailed(
                 stage.name,
-                f"gave up after repeated worker deaths ({_last_line(e)}); worker logs: {log_dir}",
+                f"gave up after repeated worker deaths: {_abandonment(e)} (the cap is "
+                f"workers.max_worker_restarts={workers.max_worker_restarts}); "
+                f"worker logs: {log_dir}",
             ) from None
         wall = time.perf_counter() - t0
 

@@ -129,7 +129,10 @@ class WorkersConfig(Section):
     ``OMP_NUM_THREADS`` unless that is set already."""
     mem_mb: PosInt | None = None
     """Memory per worker in MB (Slurm ``--mem``; LSF ``-M`` and ``rusage[mem=]``); ``null``:
-    the queue's default."""
+    the queue's default. Local workers cap their own address space at it (``ulimit -v``):
+    an allocation beyond it fails that block (retried, then reported) instead of starving
+    the machine. The address space includes mapped libraries (about 0.9 GB for a worker with
+    torch loaded), so give local workers at least ~1500."""
     gpus: NonNegInt | None = None
     """GPUs per worker (Slurm ``--gpus``; LSF ``-gpu num=N``). ``null``: 1 for the GPU stages
     (``predict``, ``train``, ``pretrain``) on ``slurm``/``lsf``, else 0. Local workers ignore
@@ -1027,7 +1030,11 @@ def reference(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[s
         key = f"{prefix}{name}"
         ann = field.annotation
         sub = next(
-            (a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, Section)),
+            (
+                a
+                for a in (ann, *typing.get_args(ann))
+                if isinstance(a, type) and issubclass(a, Section)
+            ),
             None,
         )
         if sub is not None and sub is not DatasetRef:
@@ -1043,7 +1050,9 @@ def reference(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[s
 def reference_markdown() -> str:
     lines = ["| key | default | meaning |", "|---|---|---|"]
     for key, default, text in reference():
-        lines.append(f"| `{key}` | {f'`{default}`' if default else ''} | {text.replace('|', '/')} |")
+        lines.append(
+            f"| `{key}` | {f'`{default}`' if default else ''} | {text.replace('|', '/')} |"
+        )
     return "\n".join(lines)
 
 

@@ -54,6 +54,7 @@ from typing import ClassVar
 
 from marlseg.config import WorkersConfig
 from marlseg.errors import MarlsegError
+from marlseg.worker import MEMORY_ENV
 
 
 def worker_command(stage: str, config_path: Path) -> list[str]:
@@ -215,6 +216,8 @@ class LocalLauncher(Launcher):
     def launch(self) -> None:
         log = _next_log(self.log_dir)
         env = _worker_env(self.stage, log, self.workers.cpus)
+        if self.workers.mem_mb is not None:
+            env[MEMORY_ENV] = str(self.workers.mem_mb)
         with open(log, "ab") as out, _slot_signals():
             proc = subprocess.Popen(
                 worker_command(self.stage, self.config_path),

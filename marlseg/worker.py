@@ -8,6 +8,7 @@ the scheduler is.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 
@@ -18,6 +19,22 @@ from marlseg.stages import get_stage
 
 MAX_CONSECUTIVE_FAILURES = 3
 
+MEMORY_ENV = "MARLSEG_WORKER_MEM_MB"
+"""Set by the local launcher from ``workers.mem_mb``: the worker caps its own address space."""
+
+
+def limit_memory(mem_mb: int) -> None:
+    """Cap this process's address space at ``mem_mb`` MB (``ulimit -v``): an allocation beyond
+    it raises ``MemoryError`` in the block that made it, which fails that block (and is
+    retried) instead of taking the machine's memory from the other workers."""
+    import resource
+
+    limit = int(mem_mb) * 2**20
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
@@ -25,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m marlseg.worker STAGE CONFIG", file=sys.stderr)
         return 2
     name, config_path = argv
+    if os.environ.get(MEMORY_ENV):
+        limit_memory(int(os.environ[MEMORY_ENV]))
     stage = get_stage(name)(load_config(config_path))
     stage.init_worker()
     client = daisy.Client()

@@ -112,3 +112,14 @@ def test_config_reference_in_docs_is_current():
     doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
     assert reference_markdown() in doc
     assert "`fragments.block_shape`" in doc and "`workers.type`" in doc
+
+
+def test_every_shipped_config_loads():
+    """Each config under configs/ is valid as shipped (its paths are relative to the repo)."""
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.json"))
+    assert len(configs) >= 8
+    for path in configs:
+        config = load_config(path)
+        assert config.run.dir is not None, path

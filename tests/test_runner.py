@@ -72,6 +72,40 @@ def test_failed_blocks_fail_the_stage_and_resume_finishes(tmp_path, monkeypatch)
     np.testing.assert_array_equal(output(tmp_path / "run"), raw())
 
 
+def test_local_workers_memory_cap_fails_blocks_over_it(tmp_path, monkeypatch):
+    # each block allocates 2 GB; workers capped at 1500 MB fail every block with MemoryError
+    cfg = toy_config(
+        tmp_path / "run",
+        "workers.mem_mb=1500",
+        "workers.max_retries=0",
+        "workers.max_worker_restarts=0",
+    )
+    monkeypatch.setenv("TOY_ALLOC_MB", "2000")
+    with pytest.raises(StageFailed):
+        BigBlocks(cfg).run()
+    logs = "".join(p.read_text() for p in (tmp_path / "run/logs/toy").glob("worker_*.log"))
+    assert "MemoryError" in logs
+    # under the cap the same workers finish every block
+    monkeypatch.setenv("TOY_ALLOC_MB", "100")
+    assert BigBlocks(cfg).run().ok
+    np.testing.assert_array_equal(output(tmp_path / "run"), raw())
+
+
+def test_workers_dying_on_every_block_give_up_with_one_clear_line(tmp_path, monkeypatch):
+    cfg = toy_config(tmp_path / "run", "workers.max_worker_restarts=1")
+    monkeypatch.setenv("TOY_DIE", "1")
+    with pytest.raises(StageFailed) as e:
+        BigBlocks(cfg).run()
+    line = e.value.line()
+    assert "\n" not in line
+    assert "gave up after repeated worker deaths" in line
+    assert "workers.max_worker_restarts=1" in line and "logs/toy" in line
+    assert "Task(" not in line  # daisy's advice about its own API is not ours to give
+    monkeypatch.delenv("TOY_DIE")
+    assert BigBlocks(cfg).run().ok  # the re-run finishes
+    np.testing.assert_array_equal(output(tmp_path / "run"), raw())
+
+
 def test_changed_parameters_are_refused_until_restart(tmp_path):
     cfg = toy_config(tmp_path / "run")
     BigBlocks(cfg).run()

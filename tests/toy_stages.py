@@ -50,10 +50,15 @@ class ToyCopyStage(BlockwiseStage):
         self.out = open_volume(self.out_ref, mode="r+")
         self.fail_blocks = {int(b) for b in os.environ.get("TOY_FAIL_BLOCKS", "").split(",") if b}
         self.sleep = float(os.environ.get("TOY_SLEEP", "0"))
+        self.alloc_mb = int(os.environ.get("TOY_ALLOC_MB", "0"))
 
     def process_block(self, block) -> None:
         if block.block_id[1] in self.fail_blocks:
             raise RuntimeError(f"planted failure in block {block.block_id[1]}")
+        if os.environ.get("TOY_DIE"):
+            os._exit(1)  # the worker process dies mid-block
+        if self.alloc_mb:
+            np.ones(self.alloc_mb * 2**20, dtype=np.uint8)  # touched, so really resident
         data = read(self.raw, block.write_roi)
         time.sleep(self.sleep)
         write(self.out, block.write_roi, data)
