@@ -274,11 +274,12 @@ def main() -> None:
             r = results[name]
             r["speedup_vs_volara"] = round(vol_r["wall_s"] / r["wall_s"], 2)
             r["rss_ratio_vs_volara"] = round(r["peak_rss_mb"] / max(vol_r["peak_rss_mb"], 1), 2)
-            ok = r["speedup_vs_volara"] >= 5 and r["voi"] <= ref_voi + 0.10
+            fast = r["speedup_vs_volara"] >= 5
+            good = r["voi"] <= ref_voi + 0.10
             print(
-                f"{name}: {r['speedup_vs_volara']}x volara's throughput, RSS ratio "
-                f"{r['rss_ratio_vs_volara']}, VOI {r['voi']:.3f} vs waterz {ref_voi:.3f} "
-                f"+ 0.10 -> goal {'met' if ok else 'NOT met'}"
+                f"{name}: {r['speedup_vs_volara']}x volara's throughput (goal >= 5x: "
+                f"{'met' if fast else 'NOT met'}), VOI {r['voi']:.3f} vs waterz {ref_voi:.3f} "
+                f"+ 0.10 ({'met' if good else 'NOT met'}), RSS ratio {r['rss_ratio_vs_volara']}"
             )
     out = Path(args.out) / f"vs_volara_{args.size}.json"
     out.write_text(json.dumps(results, indent=2, default=str))
