@@ -54,7 +54,7 @@ from typing import ClassVar
 
 from marlseg.config import WorkersConfig
 from marlseg.errors import MarlsegError
-from marlseg.worker import MEMORY_ENV
+from marlseg.worker import DRAINED_ENV, MEMORY_ENV
 
 
 def worker_command(stage: str, config_path: Path) -> list[str]:
@@ -296,7 +296,12 @@ class BatchLauncher(Launcher):
         return None
 
     def job_env(self, log: Path) -> dict[str, str]:
-        return _worker_env(self.stage, log, self.workers.cpus)
+        env = _worker_env(self.stage, log, self.workers.cpus)
+        # the worker marks the run drained itself, while its job still holds its resources:
+        # marked by this slot only after the job ended, a waiting job could be given the
+        # freed resources before the other slots see the mark and cancel it
+        env[DRAINED_ENV] = str(self._drained_file)
+        return env
 
     # --- reading the submit command's output ----------------------------
     def parse_job_id(self, line: str) -> str | None:

@@ -19,6 +19,14 @@ from marlseg.stages import get_stage
 
 MAX_CONSECUTIVE_FAILURES = 3
 
+DRAINED_ENV = "MARLSEG_DRAINED_FILE"
+"""Set by the cluster launchers: the file a worker touches when it finds no block left."""
+
+DRAIN_GRACE_S = 1.5
+"""How long a cluster worker that found no block left keeps its job after marking the run
+drained: long enough for the other launchers (polling every 0.5 s) to cancel their jobs that
+still wait in the queue before this job's resources are freed and given to one of them."""
+
 MEMORY_ENV = "MARLSEG_WORKER_MEM_MB"
 """Set by the local launcher from ``workers.mem_mb``: the worker caps its own address space."""
 
@@ -67,7 +75,21 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} worker: {consecutive} blocks failed in a row, exiting", flush=True)
                 return 1
     print(f"{name} worker: processed {done} blocks, {failed} failed", flush=True)
+    mark_drained(os.environ.get(DRAINED_ENV))
     return 0
+
+
+def mark_drained(path: str | None) -> None:
+    """Tell the other launchers of this run that no block is left (see :data:`DRAIN_GRACE_S`)."""
+    if not path:
+        return
+    import contextlib
+    import time
+    from pathlib import Path
+
+    with contextlib.suppress(OSError):
+        Path(path).touch()
+        time.sleep(DRAIN_GRACE_S)
 
 
 if __name__ == "__main__":
