@@ -18,8 +18,8 @@ needed memory in proportion to the volume would fail its blocks.
 
     python benchmarks/scale.py                                      # 64^3 x 1 2 4 8: minutes
     python benchmarks/scale.py --size 128 --block 64 --predict --mem-mb 1500
-    python benchmarks/scale.py --size 512 --block 128 --predict     # top: 4096x512x512 uint8
-                                                                    # raw = 1 GiB (hours here)
+    python benchmarks/scale.py --size 1024 --block 128 --predict --factors 1 2 4
+                                    # 1, 2 and 4 GiB of uint8 raw (about 10 hours on 2 cores)
 
 Figures are printed and saved as ``<out>/scale_<size>_<method>[_predict].json``.
 """
