@@ -119,6 +119,17 @@ class RssSampler:
         self._thread.join()
 
 
+def measure_stage(name: str, config) -> tuple[float, RssSampler]:
+    """Run stage ``name`` (checked first) and return its wall time and the RSS it sampled."""
+    stage = get_stage(name)(config)
+    stage.check()
+    with RssSampler() as rss:
+        t = time.perf_counter()
+        stage.run()
+        wall = time.perf_counter() - t
+    return wall, rss
+
+
 def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
     shape = (size * scale, size, size)
     work = Path(args.out) / f"pp_{shape[0]}x{shape[1]}x{shape[2]}"
@@ -168,12 +179,7 @@ def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
     voxels = int(np.prod(shape))
     rows = []
     for name in ["predict", *STAGES] if predict else STAGES:
-        stage = get_stage(name)(config)
-        stage.check()
-        with RssSampler() as rss:
-            t = time.perf_counter()
-            stage.run()
-            wall = time.perf_counter() - t
+        wall, rss = measure_stage(name, config)
         peaks = sorted(rss.peaks.values())
         rows.append(
             {

@@ -43,7 +43,7 @@ import zarr
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.postprocess import RssSampler, tile_volume  # noqa: E402
+from benchmarks.postprocess import measure_stage, tile_volume  # noqa: E402
 
 VENV = ROOT / "benchmarks" / ".volara-venv"
 VOXEL = 10
@@ -170,7 +170,6 @@ def run_volara(py: Path, vol: Path, work: Path, args) -> dict:
 
 def run_marlseg(vol: Path, work: Path, method: str, threshold: float, args) -> dict:
     from marlseg.config import load_config
-    from marlseg.stages import get_stage
 
     run_dir = work / f"marlseg_{method}"
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -193,12 +192,7 @@ def run_marlseg(vol: Path, work: Path, method: str, threshold: float, args) -> d
     )
     rows = []
     for name in ("fragments", "agglomerate", "segments", "extract"):
-        stage = get_stage(name)(config)
-        stage.check()
-        with RssSampler() as rss:
-            t = time.perf_counter()
-            stage.run()
-            wall = time.perf_counter() - t
+        wall, rss = measure_stage(name, config)
         peak = max([*rss.peaks.values(), rss.own_peak])
         rows.append({"stage": name, "wall_s": round(wall, 2), "peak_rss_mb": round(peak / 2**20)})
         print(json.dumps({"marlseg": method, **rows[-1]}), flush=True)

@@ -8,9 +8,12 @@ the scheduler is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import time
 import traceback
+from pathlib import Path
 
 import daisy
 
@@ -83,10 +86,6 @@ def mark_drained(path: str | None) -> None:
     """Tell the other launchers of this run that no block is left (see :data:`DRAIN_GRACE_S`)."""
     if not path:
         return
-    import contextlib
-    import time
-    from pathlib import Path
-
     with contextlib.suppress(OSError):
         Path(path).touch()
         time.sleep(DRAIN_GRACE_S)

@@ -26,6 +26,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from marlseg import watershed as W
+from marlseg.blockwise import BlockwiseStage
 from marlseg.config import Config
 from marlseg.errors import ConfigError
 from marlseg.rag import RagStage
@@ -45,6 +46,23 @@ def open_fragments(config: Config, mode: str = "r"):
             "fragments.fragments", f"no fragments at {ref}: run 02_extract_fragments.py first"
         )
     return open_volume(ref, mode=mode, field="fragments.fragments")
+
+
+class FragmentBlocksStage(BlockwiseStage):
+    """A stage over the fragments' ROI in blocks of ``<stage>.block_shape`` (default: the
+    fragments' blocks), without context: what 05 extract and 06 evaluate share."""
+
+    @property
+    def block_shape(self) -> list[int]:
+        own = getattr(self.config, self.name).block_shape
+        return list(own or self.config.fragments.block_shape)
+
+    def voxel_size(self) -> Coordinate:
+        return open_fragments(self.config).voxel_size
+
+    def geometry(self) -> tuple[Roi, Coordinate, Coordinate]:
+        frags = open_fragments(self.config)
+        return frags.roi, Coordinate(self.block_shape), Coordinate((0, 0, 0))
 
 
 def agglomerate_block_shape(config: Config) -> list[int]:

@@ -28,12 +28,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-from funlib.geometry import Coordinate, Roi
 
 from marlseg import metrics
-from marlseg.blockwise import BlockwiseStage, RunSummary
+from marlseg.blockwise import RunSummary
 from marlseg.errors import ConfigError
-from marlseg.stages.agglomerate import open_fragments
+from marlseg.stages.agglomerate import FragmentBlocksStage, open_fragments
 from marlseg.stages.fragments import ref_id, upstream_fingerprint
 from marlseg.stages.segments import apply_lut, check_lut, check_threshold, load_lut
 from marlseg.volumes import check_multiple, open_volume, read
@@ -42,16 +41,12 @@ MERGE_EVERY = 64
 """Block tables merged at a time while reducing (bounds the memory of the reduction)."""
 
 
-class EvaluateStage(BlockwiseStage):
+class EvaluateStage(FragmentBlocksStage):
     """VOI and ARAND against ground truth, from blockwise contingency tables."""
 
     name = "evaluate"
     description = "VOI split/merge and ARAND against gt for each threshold (blockwise)."
     read_write_conflict = False
-
-    @property
-    def block_shape(self) -> list[int]:
-        return list(self.config.evaluate.block_shape or self.config.fragments.block_shape)
 
     @property
     def thresholds(self) -> list[float]:
@@ -83,13 +78,6 @@ class EvaluateStage(BlockwiseStage):
             raise ConfigError("evaluate.thresholds", "nothing to score")
         for t in self.thresholds:
             check_lut(self.config, "evaluate.thresholds", t)
-
-    def voxel_size(self) -> Coordinate:
-        return open_fragments(self.config).voxel_size
-
-    def geometry(self) -> tuple[Roi, Coordinate, Coordinate]:
-        frags = open_fragments(self.config)
-        return frags.roi, Coordinate(self.block_shape), Coordinate((0, 0, 0))
 
     def fingerprint(self) -> dict:
         # what a block table depends on: not the thresholds, not the LUTs (see the module doc)

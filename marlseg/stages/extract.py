@@ -9,25 +9,19 @@ neither overlap nor read each other's output, so they all run in parallel
 from __future__ import annotations
 
 import numpy as np
-from funlib.geometry import Coordinate, Roi
 
-from marlseg.blockwise import BlockwiseStage
-from marlseg.stages.agglomerate import open_fragments
+from marlseg.stages.agglomerate import FragmentBlocksStage, open_fragments
 from marlseg.stages.fragments import check_existing_output, ref_id, upstream_fingerprint
 from marlseg.stages.segments import apply_lut, check_lut, load_lut, lut_digest
 from marlseg.volumes import check_multiple, open_volume, prepare_volume, read, write
 
 
-class ExtractStage(BlockwiseStage):
+class ExtractStage(FragmentBlocksStage):
     """Blockwise relabelling of fragments into a segmentation."""
 
     name = "extract"
     description = "Relabel the fragments through one LUT into a segmentation zarr."
     read_write_conflict = False
-
-    @property
-    def block_shape(self) -> list[int]:
-        return list(self.config.extract.block_shape or self.config.fragments.block_shape)
 
     def check(self) -> None:
         super().check()
@@ -42,13 +36,6 @@ class ExtractStage(BlockwiseStage):
             np.uint64,
             self.block_shape,
         )
-
-    def voxel_size(self) -> Coordinate:
-        return open_fragments(self.config).voxel_size
-
-    def geometry(self) -> tuple[Roi, Coordinate, Coordinate]:
-        frags = open_fragments(self.config)
-        return frags.roi, Coordinate(self.block_shape), Coordinate((0, 0, 0))
 
     def fingerprint(self) -> dict:
         lut = check_lut(self.config, "extract.threshold", self.config.extract.threshold)
