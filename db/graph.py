@@ -101,6 +101,9 @@ CELL_BITS = 20
 MAX_CELL_QUERIES = 64
 """More (z, y) cell rows than this in one ROI: read its z slab instead."""
 """Consecutive ids read with one range query instead of ``$in``."""
+TXN_ATTEMPTS = 3
+"""Tries of one transaction that failed with a transient error (see ``_in_transaction``)."""
+
 TXN_OPS = 1000
 """Update statements per transaction (see ``MongoDbGraphDatabase._bulk``): one commit per
 chunk, and a chunk small enough to stay far from transaction time and size limits."""
@@ -547,11 +550,7 @@ class MongoDbGraphDatabase(GraphDataBase):
             chunk = ops[part]
             if self._transactions:
                 try:
-                    with self.client.start_session() as session:
-                        result = session.with_transaction(
-                            lambda s, chunk=chunk: coll.bulk_write(chunk, ordered=False, session=s)
-                        )
-                    matched += result.matched_count
+                    matched += self._in_transaction(coll, chunk)
                     continue
                 except OperationFailure as e:
                     if e.code != ILLEGAL_OPERATION:  # "transactions not supported here"
@@ -560,6 +559,22 @@ class MongoDbGraphDatabase(GraphDataBase):
                     self._transactions = False
             matched += coll.bulk_write(chunk, ordered=False).matched_count
         return matched
+
+    def _in_transaction(self, coll: Collection, chunk: list[UpdateOne]) -> int:
+        """``chunk`` in one transaction; returns the matched count. A transient error (a write
+        conflict with another worker) is retried, at most ``TXN_ATTEMPTS`` times in all: not
+        pymongo's ``with_transaction``, which retries for up to two minutes, so a worker whose
+        server died would hang that long before its block is failed and retried."""
+        for attempt in range(TXN_ATTEMPTS):
+            try:
+                with self.client.start_session() as session, session.start_transaction():
+                    return coll.bulk_write(chunk, ordered=False, session=session).matched_count
+            except PyMongoError as e:
+                if attempt + 1 == TXN_ATTEMPTS or not e.has_error_label(
+                    "TransientTransactionError"
+                ):
+                    raise
+        raise AssertionError("unreachable")
 
     def _upsert(self, coll: Collection, rows: list[dict[str, Any]], key: tuple[str, ...]) -> None:
         ops = []
