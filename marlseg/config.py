@@ -839,6 +839,68 @@ class WeakLabelsConfig(Section):
         return self
 
 
+TUNE_THRESHOLDS: list[float] = [round(0.02 * i, 2) for i in range(1, 16)] + [
+    round(0.05 * i, 2) for i in range(7, 19)
+]
+"""``tune.thresholds``' default: 0.02-0.30 in steps of 0.02, where merge scores concentrate,
+then 0.35-0.90 in steps of 0.05."""
+
+TUNE_FIXED_KEYS = ("affs", "boundary", "fragments", "mask", "workers")
+"""``fragments`` keys that name data or workers, not parameters: ``tune.fragments`` cannot
+vary them."""
+
+
+class TuneConfig(Section):
+    """Parameter sweep on an annotated crop (``workflows/tune.py``): every combination of the
+    ``fragments`` grid, each ``merge_functions`` entry and every threshold is scored against
+    ``gt`` inside the crop, emulating the blockwise chain (fragments cut at the block faces of
+    each setting's ``block_shape``). The input config's own setting is always scored too. The
+    best setting is written as a config (``output``), all rows to ``run.dir/tune.json``."""
+
+    offset: list[int] | None = None
+    """Crop begin, nm (z, y, x); ``null``: the begin of ``gt``."""
+    shape: list[int] | None = None
+    """Crop shape, nm; ``null``: up to the end of ``gt``."""
+    fragments: dict[str, list[Any]] = {
+        "block_shape": [[400, 400, 400], [800, 800, 800], [1200, 1200, 1200]],
+        "min_seed_distance": [5, 10, 15],
+    }
+    """Values to try per ``fragments`` key (any parameter of that section); the grid is their
+    product, the config's values fill the other keys."""
+    merge_functions: list[str] = ["hist_quant_50", "hist_quant_75", "mean"]
+    """``agglomerate.merge_function`` values to try."""
+    thresholds: Thresholds = TUNE_THRESHOLDS
+    """Thresholds scored for every setting; the tuned config gets them as
+    ``segments.thresholds`` and the best as ``extract.threshold``."""
+    output: Path | None = None
+    """The tuned config; ``null``: ``run.dir/tuned.json``."""
+
+    _v_shape = field_validator("shape")(classmethod(lambda cls, v: _check_block(v)))
+    _v_offset = field_validator("offset")(classmethod(lambda cls, v: _check_shape(v)))
+
+    @field_validator("fragments")
+    @classmethod
+    def _grid(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if key in TUNE_FIXED_KEYS or key not in FragmentsConfig.model_fields:
+                raise ValueError(f"{key}: not a parameter of the fragments section")
+            if not values:
+                raise ValueError(f"{key}: no values to try")
+            for value in values:
+                try:
+                    FragmentsConfig.model_validate({key: value})
+                except ValidationError as e:
+                    raise ValueError(f"{key}: {e.errors()[0]['msg']} (got {value!r})") from None
+        return v
+
+    @field_validator("merge_functions", "thresholds")
+    @classmethod
+    def _nonempty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("at least one value is needed")
+        return v
+
+
 STAGE_SECTIONS = ("predict", "fragments", "agglomerate", "extract", "evaluate")
 
 
@@ -863,6 +925,7 @@ class Config(Section):
     pretrain: PretrainConfig = PretrainConfig()
     edge_rl: EdgeRlConfig = EdgeRlConfig()
     weak_labels: WeakLabelsConfig = WeakLabelsConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _stage_workers(self) -> Config:

@@ -23,6 +23,7 @@ STAGES: dict[str, str] = {
     "weak_labels": "marlseg.stages.weak_labels:WeakLabelsStage",
     "view": "marlseg.viewer:ViewStage",
     "run": "marlseg.chain:ChainStage",
+    "tune": "marlseg.tune:TuneStage",
 }
 
 CHAIN = ["predict", "fragments", "agglomerate", "segments", "extract", "evaluate"]
