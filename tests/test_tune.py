@@ -33,11 +33,25 @@ def _config(tmp_path: Path, *sets: str):
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
+    """One sweep of the grid on the crop, counting the calls of the stages' functions."""
+    calls = {"read": 0, "fragments": 0, "agglomerate": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
     config = _config(tmp_path_factory.mktemp("tune"), *GRID, *CROP)
-    sweep = tune.Sweep(config)
-    result = sweep.run(progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(AffinitySource, "read", counted("read", AffinitySource.read))
+        mp.setattr(tune, "compute_fragments", counted("fragments", tune.compute_fragments))
+        mp.setattr(tune.W, "agglomerate_edges", counted("agglomerate", tune.W.agglomerate_edges))
+        sweep = tune.Sweep(config)
+        result = sweep.run(progress=False)
     out, rows = tune.write_outputs(config, result)
-    return config, sweep, result, out, rows
+    return config, sweep, result, out, rows, calls
 
 
 def _single(config, **tune_values) -> dict:
@@ -50,7 +64,7 @@ def _single(config, **tune_values) -> dict:
 
 
 def test_best_no_worse_than_config(swept):
-    config, sweep, result, _, _ = swept
+    config, sweep, result, _, _, _ = swept
     # 2 x 2 fragment settings, plus the config's own ([250, 500, 500], distance 10)
     assert len(sweep.settings) == 5
     assert len(result.rows) == 5 * 2
@@ -75,7 +89,7 @@ def test_best_no_worse_than_config(swept):
 
 
 def test_written_config_reproduces_best(swept):
-    config, _, result, out, rows_path = swept
+    config, _, result, out, rows_path, _ = swept
     best = result.best
     tuned = load_config(out)
     assert tuned.fragments.block_shape == best["fragments"]["block_shape"]
@@ -94,26 +108,10 @@ def test_written_config_reproduces_best(swept):
     assert summary["best"]["voi"] == best["voi"]
 
 
-def test_reuse(tmp_path, monkeypatch):
+def test_reuse(swept):
     """Affinities read once; fragments once per fragment setting (not per merge function);
     one agglomeration per (setting, merge function), every threshold from it."""
-    calls = {"read": 0, "fragments": 0, "agglomerate": 0}
-
-    def counted(name, fn):
-        def wrapper(*args, **kwargs):
-            calls[name] += 1
-            return fn(*args, **kwargs)
-
-        return wrapper
-
-    monkeypatch.setattr(AffinitySource, "read", counted("read", AffinitySource.read))
-    monkeypatch.setattr(tune, "compute_fragments", counted("fragments", tune.compute_fragments))
-    monkeypatch.setattr(
-        tune.W, "agglomerate_edges", counted("agglomerate", tune.W.agglomerate_edges)
-    )
-    config = _config(tmp_path, *GRID, *CROP, "tune.thresholds=[0.1, 0.5, 0.9]")
-    sweep = tune.Sweep(config)
-    sweep.run(progress=False)
+    config, sweep, _, _, _, calls = swept
     c = sweep.counts
     n_frag, n_mf = len(sweep.settings), len(sweep.merge_functions)
     assert calls["read"] == c.affinity_reads == 1
@@ -127,7 +125,7 @@ def test_reuse(tmp_path, monkeypatch):
     ]
     assert c.fragment_blocks == sum(per_setting)
     assert 0 < calls["agglomerate"] <= c.agglomerate_blocks
-    assert c.scorings == n_frag * n_mf * 3
+    assert c.scorings == n_frag * n_mf * len(config.tune.thresholds)
 
 
 def test_blocks_follow_the_chain_grid():
