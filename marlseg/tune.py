@@ -136,6 +136,11 @@ class Affinities:
         f = config.fragments
         self.predicted = f.boundary is None and not dataset_exists(config.fragment_affs)
         if self.predicted and f.affs is None and config.raw is not None:
+            from marlseg.stages.predict import checkpoint_path
+
+            ckpt = checkpoint_path(config.predict.checkpoint)
+            if not ckpt.is_file():
+                raise ConfigError("predict.checkpoint", f"file not found: {ckpt}")
             raw = open_volume(config.raw, field="raw")
             self.roi, self.voxel_size = raw.roi, raw.voxel_size
         else:

@@ -8,6 +8,7 @@ import json
 import uuid
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -15,7 +16,7 @@ from marlseg import tune
 from marlseg.affinities import AffinitySource
 from marlseg.cli import main
 from marlseg.config import load_config
-from tests.test_postprocess_helpers import config_file, make_config, run_chain
+from tests.test_postprocess_helpers import DATA, config_file, make_config, run_chain
 
 GRID = [
     'tune.fragments={"block_shape": [[250, 500, 500], [500, 1000, 1000]], '
@@ -193,6 +194,54 @@ def test_cli_prints_table_and_writes(tmp_path, capsys):
     rc = main("tune", [str(tmp_path / "config.json"), "--print-config"], prog="tune.py")
     assert rc == 0
     assert '"merge_functions"' in capsys.readouterr().out
+
+
+def test_predicts_affinities_once_as_the_chain(tmp_path):
+    """Without stored affinities or a boundary map the sweep predicts them in memory, on the
+    chain's window grid (anchored at the raw's begin, not the crop's) and quantised to uint8
+    as ``01`` stores them."""
+    from marlseg.affinities import to_unit
+    from marlseg.stages.predict import (
+        checkpoint_path,
+        default_margin,
+        load_model,
+        predict_region,
+        to_uint8,
+    )
+
+    config = load_config(
+        None,
+        [
+            f"run.dir={tmp_path / 'run'}",
+            f'raw={{"path": "{DATA}", "dataset": "volumes/raw"}}',
+            f'gt={{"path": "{DATA}", "dataset": "volumes/labels/neuron_ids"}}',
+            "fragments.context=[20, 20, 20]",
+            "agglomerate.context=[20, 20, 20]",
+            'tune.fragments={"block_shape": [[100, 200, 200]]}',
+            'tune.merge_functions=["hist_quant_75"]',
+            "tune.thresholds=[0.3, 0.6]",
+            "tune.offset=[100, 200, 200]",
+            "tune.shape=[100, 200, 200]",
+        ],
+    )
+    sweep = tune.Sweep(config)
+    assert sweep.affinities.predicted
+    result = sweep.run(progress=False)
+    assert sweep.counts.affinity_reads == 1
+    assert np.isfinite(result.best["voi"])
+    model, _ = load_model(checkpoint_path(config.predict.checkpoint))
+    inp = list(model.encoder.img_size)
+    with h5py.File(DATA, "r") as f:
+        ref = predict_region(
+            model, f["volumes/raw"], (0, 0, 0), (30, 50, 50), inp, default_margin(inp)
+        )
+    begin = [int(b) // 10 for b in sweep.affs_roi.begin]
+    shape = [int(s) // 10 for s in sweep.affs_roi.shape]
+    assert min(begin) > 0  # the region starts inside the volume, away from its begin
+    want = to_unit(to_uint8(ref[:3]))[
+        (slice(None), *(slice(b, b + s) for b, s in zip(begin, shape)))
+    ]
+    np.testing.assert_array_equal(sweep.affs, want)
 
 
 @pytest.mark.slow
