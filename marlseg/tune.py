@@ -412,6 +412,7 @@ class Sweep:
         try:
             with quiet_stdout():  # waterz's C++ core reports every merge on stdout
                 rows = [row for s in self.settings for row in self._rows(s, thresholds, bar)]
+                _flush_c_stdout()
         finally:
             bar.close()
         rows.sort(key=lambda r: (r["voi"], r["arand"]))
@@ -449,6 +450,17 @@ class Sweep:
             frag_s = 0.0  # the fragments' time counts once, on their first row
             bar.update(1)
         return rows
+
+
+def _flush_c_stdout() -> None:
+    """Flush C's stdio buffers while stdout is still silenced (else what waterz printed last
+    surfaces after the silence)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
 
 
 def _label(values: dict[str, Any], merge_function: str) -> str:

@@ -196,6 +196,7 @@ def test_cli_prints_table_and_writes(tmp_path, capsys):
     assert '"merge_functions"' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_predicts_affinities_once_as_the_chain(tmp_path):
     """Without stored affinities or a boundary map the sweep predicts them in memory, on the
     chain's window grid (anchored at the raw's begin, not the crop's) and quantised to uint8
@@ -215,9 +216,10 @@ def test_predicts_affinities_once_as_the_chain(tmp_path):
             f"run.dir={tmp_path / 'run'}",
             f'raw={{"path": "{DATA}", "dataset": "volumes/raw"}}',
             f'gt={{"path": "{DATA}", "dataset": "volumes/labels/neuron_ids"}}',
+            "fragments.block_shape=[100, 200, 200]",
             "fragments.context=[20, 20, 20]",
             "agglomerate.context=[20, 20, 20]",
-            'tune.fragments={"block_shape": [[100, 200, 200]]}',
+            "tune.fragments={}",
             'tune.merge_functions=["hist_quant_75"]',
             "tune.thresholds=[0.3, 0.6]",
             "tune.offset=[100, 200, 200]",
