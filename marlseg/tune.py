@@ -552,7 +552,7 @@ class TuneStage(Stage):
         voxels = int(np.prod(sweep.crop.shape / sweep.vs))
         print(
             f"tune: {len(sweep.settings)} fragment settings x {len(sweep.merge_functions)} "
-            f"merge functions = {n} settings, {len(set(self.config.tune.thresholds))} thresholds, "
+            f"merge function(s) = {n} settings, {len(set(self.config.tune.thresholds))} thresholds, "
             f"crop {sweep.crop} ({voxels / 1e6:.2f} Mvoxel)",
             flush=True,
         )
