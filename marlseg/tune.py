@@ -464,7 +464,7 @@ def _flush_c_stdout() -> None:
 
 
 def _label(values: dict[str, Any], merge_function: str) -> str:
-    return " ".join(f"{k}={v}" for k, v in values.items()) + f" {merge_function}"
+    return " ".join([*(f"{k}={v}" for k, v in values.items()), merge_function])
 
 
 def _progress(total: int, enabled: bool):
@@ -571,5 +571,11 @@ class TuneStage(Stage):
             f"{b['threshold']:.3f}: VOI {b['voi']:.4f} (split {b['voi_split']:.4f}, merge "
             f"{b['voi_merge']:.4f}), ARAND {b['arand']:.4f}"
         )
+        edge = {result.thresholds[0], result.thresholds[-1]}
+        if len(result.thresholds) > 2 and b["threshold"] in edge:
+            print(
+                f"warning: tune.thresholds: the best threshold {b['threshold']} is at the end of "
+                "the grid; a wider grid may find a better one"
+            )
         print(f"tuned config: {out}\nall rows: {rows_path}", flush=True)
         return result
