@@ -481,6 +481,9 @@ class PretrainConfig(Section):
     """Width of the lightweight MAE decoder."""
     decoder_layers: PosInt = 2
     decoder_heads: PosInt = 4
+    decoder_local: bool = False
+    """Add a 3x3x3 convolution over the visible tokens (on the patch grid) to every decoder
+    token: a locality prior for the decoder (the encoder is unchanged)."""
     hog_weight: float = Field(1.0, ge=0)
     """Weight of the HOG loss next to the voxel MSE (both on per-patch standardised targets)."""
     hog_bins: PosInt = 9

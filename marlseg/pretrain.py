@@ -88,8 +88,8 @@ of masks whose draws were outside the ratio bounds, ``step_s`` the seconds per i
 empty in ``random`` mode."""
 
 
-TARGET_KEYS = ("target_sigma", "target_pool", "target_floor")
-"""Settings that change what the MAE reconstructs: a run cannot resume across them."""
+TARGET_KEYS = ("target_sigma", "target_pool", "target_floor", "decoder_local")
+"""Settings that change what the MAE reconstructs, or how: a run cannot resume across them."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,6 +120,7 @@ class Pretrainer:
             target_sigma=tuple(p.target_sigma),
             target_pool=tuple(p.target_pool),
             target_floor=p.target_floor,
+            decoder_local=p.decoder_local,
         ).to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.mae.parameters(), lr=p.lr, betas=(0.9, 0.95), weight_decay=p.weight_decay

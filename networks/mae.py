@@ -96,6 +96,9 @@ class MaskedAutoencoder(nn.Module):
             loss; the head is still built so checkpoints keep one layout).
         target_sigma, target_pool, target_floor: the voxel target (see
             :class:`~marlseg.networks.voxel_target.VoxelTarget`).
+        decoder_local: add a 3x3x3 convolution over the visible tokens on the patch grid to
+            every decoder token (a locality prior: a masked patch sees its neighbours from the
+            first iteration instead of after attention has learned where they are).
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class MaskedAutoencoder(nn.Module):
         target_sigma: tuple[float, float, float] = (0.0, 0.0, 0.0),
         target_pool: tuple[int, int, int] = (1, 1, 1),
         target_floor: float = 0.0,
+        decoder_local: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -126,6 +130,7 @@ class MaskedAutoencoder(nn.Module):
             TransformerBlock(d, 4 * d, decoder_heads, qkv_bias=True) for _ in range(decoder_layers)
         )
         self.decoder_norm = nn.LayerNorm(d)
+        self.decoder_local = nn.Conv3d(d, d, 3, padding=1) if decoder_local else None
         self.voxel_head = nn.Linear(d, self.voxel_target.dim * encoder.in_channels)
         self.hog_head = nn.Linear(d, hog_dim(encoder.patch_size, hog_bins, hog_cell))
 
@@ -144,6 +149,14 @@ class MaskedAutoencoder(nn.Module):
         dec = torch.where(valid[..., None], dec, self.mask_token.to(dec.dtype))
         full = self.mask_token.expand(b, self.encoder.num_patches, -1).clone()
         full = full.scatter(1, keep[..., None].expand(-1, -1, dec.shape[-1]), dec)
+        if self.decoder_local is not None:
+            # each token also gets a learned function of its visible neighbours (3^3 on the
+            # patch grid; masked and padding tokens contribute zeros)
+            seen = torch.zeros_like(full).scatter(
+                1, keep[..., None].expand(-1, -1, dec.shape[-1]), dec * valid[..., None]
+            )
+            grid = seen.transpose(1, 2).reshape(b, -1, *self.encoder.grid)
+            full = full + self.decoder_local(grid).flatten(2).transpose(1, 2)
         full = full + self.decoder_pos
         for blk in self.decoder_blocks:
             full = blk(full)

@@ -1,5 +1,6 @@
-"""The MAE's voxel target (smoothing, pooling, per-patch normalisation) and the relative loss
-that ``log.csv``'s ``mse`` reports (1.0 = the patch-mean predictor)."""
+"""The MAE's pretext task: the voxel target (smoothing, pooling, per-patch normalisation), the
+relative loss that ``log.csv``'s ``mse`` reports (1.0 = the patch-mean predictor) and the
+decoder's locality prior."""
 
 from __future__ import annotations
 
@@ -128,3 +129,24 @@ def test_resume_across_a_target_change_is_refused(tmp_path):
     with pytest.raises(ConfigError) as e:
         b.load_state_dict(a.state_dict(), "ckpt")
     assert e.value.where == "pretrain.target_pool"
+
+
+def test_decoder_local_prior_keeps_items_independent_of_padding():
+    torch.manual_seed(0)
+    enc = ViTEncoder(1, (8, 16, 16), (4, 8, 8), **TINY)
+    mae = MaskedAutoencoder(
+        enc, decoder_dim=16, decoder_layers=1, decoder_heads=2, decoder_local=True
+    ).eval()
+    assert "decoder_local.weight" in mae.state_dict()
+    x = torch.randn(2, 1, 8, 16, 16)
+    mask = torch.tensor([[1, 0, 1, 0, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    with torch.no_grad():
+        pred, _ = mae(x, mask)
+        for b in range(2):
+            alone, _ = mae(x[b : b + 1], mask[b : b + 1])
+            assert torch.allclose(pred[b], alone[0], atol=1e-5)
+        # a masked patch's voxels never reach the prediction (only visible tokens are seen)
+        y = x.clone()
+        y[0, :, 0:4, 0:8, 0:8] += 5.0  # patch 0 of item 0 is masked
+        again, _ = mae(y, mask)
+    assert torch.allclose(again[0], pred[0], atol=1e-5)
