@@ -29,7 +29,8 @@ Writes ``ablation.json`` and ``ablation.png`` under ``--out``; with ``--publish`
 without ``--quick``) also ``docs/figures/pretrain_ablation.{json,png}`` and the table between
 the markers in ``docs/pretraining.md``, generated from that JSON (``tests/test_benchmarks.py``
 checks that they agree). Every run keeps its results in its own directory, so an interrupted
-ablation resumes where it stopped. ``--table`` only regenerates the docs' table from the JSON.
+ablation resumes where it stopped. ``--table`` only regenerates the docs' table from the JSON;
+``--timing`` only times the steps.
 
 ``--quick``: a smoke version for tests (tiny network, a few iterations, small crops of the two
 parts, two seeds); its numbers mean nothing.
@@ -423,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         "(default: on, off with --quick)",
     )
     ap.add_argument("--table", action="store_true", help="only regenerate the docs' table")
+    ap.add_argument(
+        "--timing", action="store_true", help="only time MARL against random-mask steps"
+    )
     args = ap.parse_args(argv)
     if args.table:
         result = json.loads(PUBLISHED.read_text()) if PUBLISHED.is_file() else None
@@ -435,6 +439,13 @@ def main(argv: list[str] | None = None) -> int:
     publish = args.publish if args.publish is not None else not args.quick
     try:
         config = load_config(args.config, (QUICK if args.quick else []) + args.set)
+        if args.timing:
+            t = step_time_ratio(config, steps=steps, warmup=1 if args.quick else 5)
+            print(
+                f"MARL / random pretraining step: {t['ratio']:.2f}x ({t['marl_s'] * 1e3:.0f} "
+                f"against {t['random_s'] * 1e3:.0f} ms, median of {steps})"
+            )
+            return 0
         result = run_ablation(config, seeds, args.out, args.quick, steps)
     except MarlsegError as e:
         print(f"error: {e.line()}", file=sys.stderr)

@@ -92,3 +92,14 @@ def test_quick_ablation_runs_every_arm_and_regime_and_resumes(tmp_path, monkeypa
     stamp = (out / "full" / "scratch" / "seed0" / "result.json").stat().st_mtime_ns
     assert main(args) == 0
     assert (out / "full" / "scratch" / "seed0" / "result.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_ablation_timing_only_times_steps(tmp_path, monkeypatch, capsys):
+    from benchmarks.pretrain_ablation import main
+
+    monkeypatch.chdir(ROOT)
+    args = ["configs/ablation_medulla.json", "--quick", "--timing", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "MARL / random pretraining step:" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
