@@ -4,7 +4,6 @@ decoder's locality prior."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from marlseg.networks.mae import MaskedAutoencoder, relative_loss
 from marlseg.networks.vit import ViTEncoder, patchify
 from marlseg.networks.voxel_target import VoxelTarget, gaussian_kernel, smooth
 from marlseg.pretrain import Pretrainer
+from tests.test_pretrain import _config
 from tests.tiny import TINY_NET
 
 torch.set_num_threads(1)
@@ -91,27 +91,6 @@ def test_mse_is_relative_to_the_patch_mean_predictor(kw):
     assert float(losses["mse"]) == pytest.approx(float(relative_loss(pred, t, m)[0]), rel=1e-5)
     blank, recon = mae.reconstruction(x, mask, pred, losses["targets"])
     assert recon.shape == x.shape
-
-
-def _config(tmp_path: Path, **pretrain) -> Path:
-    cfg = {
-        "run": {"dir": str(tmp_path / "run")},
-        "network": TINY_NET,
-        "pretrain": {
-            "raw": [{"path": str(DATA / "medulla_raw_crop.zarr"), "dataset": "volumes/raw"}],
-            "iterations": 2,
-            "batch_size": 1,
-            "decoder_dim": 16,
-            "decoder_layers": 1,
-            "decoder_heads": 2,
-            "augment": False,
-            "device": "cpu",
-            **pretrain,
-        },
-    }
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(cfg))
-    return path
 
 
 def test_bad_target_settings_name_the_field(tmp_path, capsys):
