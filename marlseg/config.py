@@ -491,12 +491,24 @@ class PretrainConfig(Section):
     """Width of the lightweight MAE decoder."""
     decoder_layers: PosInt = 2
     decoder_heads: PosInt = 4
+    decoder_local: bool = False
+    """Add a 3x3x3 convolution over the visible tokens (on the patch grid) to every decoder
+    token: a locality prior for the decoder (the encoder is unchanged)."""
     hog_weight: float = Field(1.0, ge=0)
     """Weight of the HOG loss next to the voxel MSE (both on per-patch standardised targets)."""
     hog_bins: PosInt = 9
     """HOG orientation bins over [0, pi)."""
     hog_cell: PosInt = 4
     """HOG cell size in y and x, voxels; must divide ``network.patch_size`` in y and x."""
+    target_sigma: list[float] = [0.0, 0.0, 0.0]
+    """Voxel target: Gaussian smoothing sigma per axis (z, y, x), voxels; 0 = none (see
+    ``marlseg.networks.voxel_target``)."""
+    target_pool: list[int] = [1, 1, 1]
+    """Voxel target: average-pooling factor per axis (z, y, x); each divides
+    ``network.patch_size``."""
+    target_floor: float = Field(0.0, ge=0)
+    """Voxel target: floor of the per-patch standard deviation (raw scaled to [-1, 1]); 0 is
+    MAE's per-patch standardisation, > 0 keeps low-contrast patches' noise from counting."""
     policy_lr: float = Field(1e-3, gt=0)
     """``marl``: learning rate of the policy and critic (Adam)."""
     policy_every: PosInt = 2

@@ -88,6 +88,10 @@ of masks whose draws were outside the ratio bounds, ``step_s`` the seconds per i
 empty in ``random`` mode."""
 
 
+TARGET_KEYS = ("target_sigma", "target_pool", "target_floor", "decoder_local")
+"""Settings that change what the MAE reconstructs, or how: a run cannot resume across them."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
@@ -113,6 +117,10 @@ class Pretrainer:
             hog_bins=p.hog_bins,
             hog_cell=p.hog_cell,
             hog_weight=p.hog_weight,
+            target_sigma=tuple(p.target_sigma),
+            target_pool=tuple(p.target_pool),
+            target_floor=p.target_floor,
+            decoder_local=p.decoder_local,
         ).to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.mae.parameters(), lr=p.lr, betas=(0.9, 0.95), weight_decay=p.weight_decay
@@ -278,6 +286,14 @@ class Pretrainer:
                 f"{where} was written with network {ckpt.get('network')}, the config now says "
                 f"{self.config.network.model_dump(mode='json')}: use a fresh run.dir or --restart",
             )
+        for key in TARGET_KEYS:
+            was, now = ckpt.get("pretrain", {}).get(key), getattr(self.p, key)
+            if was is not None and was != now:
+                raise ConfigError(
+                    f"pretrain.{key}",
+                    f"{where} was written with {was}, the config now says {now}: use a fresh "
+                    "run.dir or --restart",
+                )
         if (ckpt.get("policy") is not None) != self.marl:
             raise ConfigError(
                 "pretrain.masking",

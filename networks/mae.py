@@ -4,15 +4,16 @@ The encoder sees only the visible patches; a lightweight transformer decoder (mo
 ``TransformerBlock``) gets the encoded visible tokens back at their places, a learned mask token
 everywhere else, and its own position embedding, and predicts two targets per patch:
 
-* **voxels**: the patch's voxels standardised per patch (zero mean, unit variance: MAE's
-  "normalised pixel" target); loss = mean squared error;
-* **HOG**: the patch's HOG feature (:mod:`marlseg.networks.hog`), also standardised per patch;
-  loss = mean squared error.
+* **voxels**: the patch's voxels, optionally smoothed and downsampled, normalised per patch
+  (:mod:`marlseg.networks.voxel_target`; by default MAE's "normalised pixel" target);
+* **HOG**: the patch's HOG feature (:mod:`marlseg.networks.hog`), standardised per patch.
 
-Both losses count the *masked* patches only. Because both targets are standardised per patch,
-predicting the patch mean (knowing nothing) costs about 1 per patch, a perfect prediction 0:
-a per-patch loss reads as the fraction of the patch's variance the context did not explain.
-The MARL reward (:mod:`marlseg.networks.marl`) relies on this scale.
+Both targets are centred per patch, so predicting 0 is predicting each patch's mean. Each loss
+is reported *relative* to that predictor: per patch ``mean((pred - t)^2) / mean(t^2)``
+(``*_per_patch``), and over the masked patches of a batch the ratio of the sums (``mse``,
+``hog``; low-contrast patches weigh less when the target's normalisation has a floor). 1 is
+"the context explained nothing", 0 a perfect reconstruction. The MARL reward
+(:mod:`marlseg.networks.marl`) relies on this scale.
 
 ``mask``: ``(B, N)`` bool, True = masked (hidden from the encoder). Batch items may hide
 different numbers of patches (the MARL policy's choice); the visible tokens are then padded to
@@ -28,7 +29,8 @@ from monai.networks.blocks import TransformerBlock
 from torch import nn
 
 from marlseg.networks.hog import hog_dim, hog_features
-from marlseg.networks.vit import ViTEncoder
+from marlseg.networks.vit import ViTEncoder, patchify, unpatchify
+from marlseg.networks.voxel_target import VoxelTarget
 
 NORM_EPS = 1e-6
 
@@ -38,6 +40,36 @@ def standardise(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     mean = t.mean(-1, keepdim=True)
     std = torch.sqrt(t.var(-1, keepdim=True, unbiased=False) + NORM_EPS)
     return (t - mean) / std, mean, std
+
+
+def sincos_embedding(grid: tuple[int, int, int], dim: int) -> torch.Tensor:
+    """``(N, dim)`` 3D sine-cosine position embedding of a patch grid in token order (z-major):
+    a third of the channels per axis (sine and cosine pairs over geometric frequencies), zero
+    padding when ``dim`` is not a multiple of 6."""
+    per_axis = (dim // 6) * 2
+    freqs = 1.0 / (
+        10000 ** (torch.arange(per_axis // 2, dtype=torch.float32) / max(1, per_axis // 2))
+    )
+    coords = torch.stack(
+        torch.meshgrid(*(torch.arange(g, dtype=torch.float32) for g in grid), indexing="ij"), -1
+    ).reshape(-1, 3)
+    parts = []
+    for axis in range(3):
+        angle = coords[:, axis : axis + 1] * freqs[None]
+        parts += [torch.sin(angle), torch.cos(angle)]
+    emb = torch.cat(parts, -1)
+    return torch.nn.functional.pad(emb, (0, dim - emb.shape[1]))
+
+
+def relative_loss(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared error relative to the patch-mean predictor (0, the targets are centred):
+    ``(sum over masked patches of error / sum of mean(t^2), per-patch error / mean(t^2))``."""
+    err = ((pred - target) ** 2).mean(-1)
+    ref = (target**2).mean(-1)
+    total = (err * mask).sum() / (ref * mask).sum().clamp(min=NORM_EPS)
+    return total, err / ref.clamp(min=NORM_EPS)
 
 
 def visible_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,6 +94,11 @@ class MaskedAutoencoder(nn.Module):
         hog_bins, hog_cell: the HOG target (see :mod:`marlseg.networks.hog`).
         hog_weight: weight of the HOG loss in ``losses["loss"]`` (0 disables the HOG head's
             loss; the head is still built so checkpoints keep one layout).
+        target_sigma, target_pool, target_floor: the voxel target (see
+            :class:`~marlseg.networks.voxel_target.VoxelTarget`).
+        decoder_local: add a 3x3x3 convolution over the visible tokens on the patch grid to
+            every decoder token (a locality prior: a masked patch sees its neighbours from the
+            first iteration instead of after attention has learned where they are).
     """
 
     def __init__(
@@ -73,27 +110,34 @@ class MaskedAutoencoder(nn.Module):
         hog_bins: int = 9,
         hog_cell: int = 4,
         hog_weight: float = 1.0,
+        target_sigma: tuple[float, float, float] = (0.0, 0.0, 0.0),
+        target_pool: tuple[int, int, int] = (1, 1, 1),
+        target_floor: float = 0.0,
+        decoder_local: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.hog_bins, self.hog_cell, self.hog_weight = hog_bins, hog_cell, float(hog_weight)
+        self.voxel_target = VoxelTarget(encoder.patch_size, target_sigma, target_pool, target_floor)
         n, d = encoder.num_patches, decoder_dim
         self.decoder_embed = nn.Linear(encoder.hidden_size, d)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.decoder_pos = nn.Parameter(torch.zeros(1, n, d))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        nn.init.trunc_normal_(self.decoder_pos, std=0.02)
+        with torch.no_grad():  # start from distances that mean something (MAE's fixed sincos)
+            self.decoder_pos.copy_(sincos_embedding(encoder.grid, d)[None])
         self.decoder_blocks = nn.ModuleList(
             TransformerBlock(d, 4 * d, decoder_heads, qkv_bias=True) for _ in range(decoder_layers)
         )
         self.decoder_norm = nn.LayerNorm(d)
-        self.voxel_head = nn.Linear(d, encoder.patch_voxels * encoder.in_channels)
+        self.decoder_local = nn.Conv3d(d, d, 3, padding=1) if decoder_local else None
+        self.voxel_head = nn.Linear(d, self.voxel_target.dim * encoder.in_channels)
         self.hog_head = nn.Linear(d, hog_dim(encoder.patch_size, hog_bins, hog_cell))
 
     def targets(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Standardised voxel and HOG targets ``(B, N, ·)`` plus the voxel mean/std per patch
-        (to turn predictions back into intensities)."""
-        vox, mean, std = standardise(self.encoder.patchify(x))
+        """Normalised voxel and HOG targets ``(B, N, ·)`` plus the voxel target's mean and
+        scale per patch (to turn predictions back into intensities)."""
+        vox, mean, std = self.voxel_target(x)
         hog, _, _ = standardise(
             hog_features(x, self.encoder.patch_size, self.hog_bins, self.hog_cell)
         )
@@ -105,6 +149,14 @@ class MaskedAutoencoder(nn.Module):
         dec = torch.where(valid[..., None], dec, self.mask_token.to(dec.dtype))
         full = self.mask_token.expand(b, self.encoder.num_patches, -1).clone()
         full = full.scatter(1, keep[..., None].expand(-1, -1, dec.shape[-1]), dec)
+        if self.decoder_local is not None:
+            # each token also gets a learned function of its visible neighbours (3^3 on the
+            # patch grid; masked and padding tokens contribute zeros)
+            seen = torch.zeros_like(full).scatter(
+                1, keep[..., None].expand(-1, -1, dec.shape[-1]), dec * valid[..., None]
+            )
+            grid = seen.transpose(1, 2).reshape(b, -1, *self.encoder.grid)
+            full = full + self.decoder_local(grid).flatten(2).transpose(1, 2)
         full = full + self.decoder_pos
         for blk in self.decoder_blocks:
             full = blk(full)
@@ -114,11 +166,11 @@ class MaskedAutoencoder(nn.Module):
         """Reconstruct the masked patches of ``x`` ``(B, C, Z, Y, X)``.
 
         Returns:
-            ``(pred_voxels, losses)``: predicted standardised voxels of every patch
-            ``(B, N, patch voxels)`` and a dict with the scalar losses ``mse``, ``hog`` and
-            ``loss`` (= mse + hog_weight * hog, what to minimise), the per-patch losses
-            ``mse_per_patch`` / ``hog_per_patch`` ``(B, N)`` (masked or not), the HOG
-            prediction ``pred_hog`` and the ``targets``.
+            ``(pred_voxels, losses)``: the predicted voxel target of every patch
+            ``(B, N, target voxels)`` and a dict with the scalar relative losses ``mse``,
+            ``hog`` and ``loss`` (= mse + hog_weight * hog, what to minimise), the per-patch
+            relative losses ``mse_per_patch`` / ``hog_per_patch`` ``(B, N)`` (masked or not),
+            the HOG prediction ``pred_hog`` and the ``targets``.
         """
         mask = mask.to(torch.bool)
         if mask.shape != (x.shape[0], self.encoder.num_patches):
@@ -134,12 +186,9 @@ class MaskedAutoencoder(nn.Module):
         pred_hog = self.hog_head(dec)
         with torch.no_grad():
             tgt = self.targets(x)
-        mse_pp = ((pred_vox - tgt["voxels"]) ** 2).mean(-1)
-        hog_pp = ((pred_hog - tgt["hog"]) ** 2).mean(-1)
-        m = mask.to(mse_pp.dtype)
-        n_masked = m.sum().clamp(min=1.0)
-        mse = (mse_pp * m).sum() / n_masked
-        hog = (hog_pp * m).sum() / n_masked
+        m = mask.to(pred_vox.dtype)
+        mse, mse_pp = relative_loss(pred_vox, tgt["voxels"], m)
+        hog, hog_pp = relative_loss(pred_hog, tgt["hog"], m)
         losses = {
             "loss": mse + self.hog_weight * hog,
             "mse": mse,
@@ -156,9 +205,17 @@ class MaskedAutoencoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(masked_input, reconstruction)`` volumes like ``x``: the input with masked patches
         blanked (set to the volume minimum), and the input with masked patches replaced by the
-        prediction, de-standardised with the true patch mean and std (as MAE visualises)."""
+        prediction, de-normalised with the true patch mean and scale (as MAE visualises) and
+        brought back to full resolution (nearest) when the target is pooled."""
         patches = self.encoder.patchify(x)
         pred = pred_voxels * targets["std"] + targets["mean"]
+        vt = self.voxel_target
+        if vt.pool != (1, 1, 1):
+            grid = self.encoder.grid
+            vol = unpatchify(pred, vt.target_patch, grid, x.shape[1])
+            for axis, f in enumerate(vt.pool):
+                vol = vol.repeat_interleave(f, dim=2 + axis)
+            pred = patchify(vol, self.encoder.patch_size)
         m = mask[..., None].to(patches.dtype)
         recon = patches * (1 - m) + pred * m
         blank = patches * (1 - m) + m * patches.min()

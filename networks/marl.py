@@ -35,17 +35,15 @@ context, e.g. noise). Why this and not the plain loss:
   mask ratio (less context = harder), so the ratio runs to its upper bound and the MAE is fed
   unpredictable patches; minus the loss (cooperative) runs it to the lower bound and hides only
   trivial patches. Either pins the ratio at a bound (a collapse of the kind the authors' later
-  re-implementation reported; the measured mean ``d`` does rise monotonically with the ratio).
+  re-implementation reported).
 * ``d (1 - d)`` summed over the masked patches has an interior optimum in the ratio: more
   masked patches add terms, but less context pushes every ``d`` towards 1 where the terms
   vanish. So the learned ratio is where masked patches are hard-but-predictable for the
-  *current* MAE, and it moves with the MAE. (Measured on the shipped FIB data with the
-  ``configs/pretrain_fib.json`` network after 1000 random-mask iterations, the expected reward
-  of random masks rises from ratio 0.3 to a flat peak at 0.75-0.85 and falls at 0.95.)
+  *current* MAE, and it moves with the MAE. Where that optimum lies depends on the data, the
+  target and the MAE's progress; no particular ratio is claimed here.
 * dividing by ``N`` rather than by the number of masked patches matters: the mean over masked
   patches of ``d (1 - d)`` only rewards lowering ``d``, i.e. *fewer* masked patches while the
-  MAE is weak (``d > 0.5``), and pins the ratio at its lower bound on noisy EM (measured: it
-  falls monotonically with the ratio on the same data).
+  MAE is weak (``d > 0.5``), which pushes the ratio towards its lower bound.
 
 Episodes are single-step (one mask decision per image), so A2C's advantage is
 ``A = R - V(s)`` with no bootstrapping; rewards are divided by a running standard deviation

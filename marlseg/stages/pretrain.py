@@ -46,6 +46,16 @@ class PretrainStage(Stage):
                 "pretrain.hog_cell",
                 f"{p.hog_cell} does not divide network.patch_size in y and x ({py}, {px})",
             )
+        from marlseg.networks.voxel_target import VoxelTarget
+
+        for key, args in (
+            ("target_sigma", (p.target_sigma, (1, 1, 1))),
+            ("target_pool", ((0.0, 0.0, 0.0), p.target_pool)),
+        ):
+            try:
+                VoxelTarget(net.patch_size, *args)
+            except ValueError as e:
+                raise ConfigError(f"pretrain.{key}", str(e)) from None
         if p.decoder_dim % p.decoder_heads:
             raise ConfigError(
                 "pretrain.decoder_heads",
