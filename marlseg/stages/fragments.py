@@ -256,6 +256,8 @@ def compute_fragments(
         frags = W.seeded_watershed(
             affs, section.boundary_threshold, section.min_seed_distance, section.fragments_in_xy
         )
+    elif section.method == "waterz":
+        frags = W.waterz_watershed(affs, section.fragments_in_xy)
     else:
         frags = W.mutex_watershed(
             affs, section.mutex_offsets, section.mutex_bias, section.fragments_in_xy

@@ -40,6 +40,7 @@ from scipy.sparse.csgraph import connected_components
 
 from marlseg.config import Config
 from marlseg.errors import ConfigError, MarlsegError
+from marlseg.labels import unique_inverse
 from marlseg.stage import Stage
 
 BATCH = 1_000_000
@@ -167,7 +168,7 @@ def apply_lut(
 ) -> np.ndarray:
     """Relabel ``fragments`` through a LUT; 0 stays 0 and ids missing from the LUT (not RAG
     nodes) keep their own id."""
-    ids, inverse = np.unique(fragments, return_inverse=True)
+    ids, inverse = unique_inverse(fragments)
     if fragment_ids.size == 0:
         mapped = ids.astype(np.uint64)
     else:
