@@ -75,3 +75,15 @@ def label_stats(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
             total = lengths_f * first + lengths_f * (lengths_f - 1) / 2
         centers[:, d] = np.bincount(run_inverse, weights=total, minlength=ids.size) / sizes
     return ids, np.rint(sizes).astype(np.int64), centers
+
+
+def dense_relabel(labels: np.ndarray, dtype: type = np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, dense)``: the labels renumbered ``1..n`` in increasing order (0 stays 0) as
+    ``dtype``, and ``ids`` with ``ids[dense] == labels`` (``ids[0]`` is always 0)."""
+    starts, lengths = runs(labels)
+    ids, run_inverse = np.unique(labels.reshape(-1)[starts], return_inverse=True)
+    run_inverse = run_inverse.reshape(-1).astype(dtype)
+    if not (ids.size and ids[0] == 0):
+        run_inverse += dtype(1)
+        ids = np.concatenate([np.zeros(1, ids.dtype), ids])
+    return ids, np.repeat(run_inverse, lengths).reshape(labels.shape)

@@ -29,7 +29,7 @@ from funlib.geometry import Coordinate
 from scipy.ndimage import distance_transform_edt, label, maximum_filter
 
 from marlseg.affinities import NEAREST, long_range_affinities
-from marlseg.labels import label_stats, unique_inverse
+from marlseg.labels import dense_relabel, label_stats, unique_inverse
 from marlseg.merge_tree import history_arrays, scores_from_history
 
 
@@ -282,21 +282,28 @@ def adjacency(fragments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The region adjacency graph: unique ``(u, v)``, ``u < v``, of fragments touching across a
     face (6-neighbourhood); label 0 is not a fragment."""
     keys: list[np.ndarray] = []
+    wide = fragments.size and int(fragments.max()) >= 2**32
     for axis in range(fragments.ndim):
-        a = np.moveaxis(fragments, axis, 0)
-        lo, hi = a[:-1], a[1:]
-        touch = (lo != hi) & (lo != 0) & (hi != 0)
-        lo, hi = lo[touch].astype(np.uint64), hi[touch].astype(np.uint64)
-        keys.append(np.stack([np.minimum(lo, hi), np.maximum(lo, hi)], axis=1))
-    pairs = np.concatenate(keys) if keys else np.zeros((0, 2), np.uint64)
-    if pairs.size == 0:
-        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-    top = int(pairs[:, 1].max())
-    if top < 2**32:  # one sortable key per pair: much faster than a lexsort of two
-        key = np.unique((pairs[:, 0] << np.uint64(32)) | pairs[:, 1])
-        return key >> np.uint64(32), key & np.uint64(2**32 - 1)
-    pairs = np.unique(pairs, axis=0)
-    return pairs[:, 0].copy(), pairs[:, 1].copy()
+        lo = fragments[(slice(None),) * axis + (slice(None, -1),)]
+        hi = fragments[(slice(None),) * axis + (slice(1, None),)]
+        touch = lo != hi
+        touch &= lo != 0
+        touch &= hi != 0
+        a, b = lo[touch].astype(np.uint64), hi[touch].astype(np.uint64)
+        if wide:
+            keys.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
+            continue
+        # one sortable key per pair; a contact is a surface, so neighbouring entries repeat
+        # the same pair: drop those before sorting
+        key = (np.minimum(a, b) << np.uint64(32)) | np.maximum(a, b)
+        if key.size:
+            key = key[np.concatenate([[True], key[1:] != key[:-1]])]
+        keys.append(key)
+    if wide:
+        pairs = np.unique(np.concatenate(keys), axis=0)
+        return pairs[:, 0].copy(), pairs[:, 1].copy()
+    key = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+    return key >> np.uint64(32), key & np.uint64(2**32 - 1)
 
 
 _QUANTILES = tuple(range(10, 100, 5))
@@ -386,12 +393,9 @@ def agglomerate_edges(
 
     # waterz sizes its tables by the largest id: hand it ids 1..n, not the global ones (which
     # grow with the volume), and map the edges back; the ranks keep the order, so u < v holds
-    ids, inverse = unique_inverse(fragments)
-    if ids.size and ids[0] != 0:
-        inverse += 1
-        ids = np.concatenate([np.zeros(1, ids.dtype), ids])
-    local = inverse.astype(np.uint64).reshape(fragments.shape)
+    ids, local = dense_relabel(fragments, np.uint32 if fragments.size < 2**32 else np.uint64)
     u, v = adjacency(local)
+    local = local.astype(np.uint64)
     if u.size == 0:
         return u, v, np.zeros(0, dtype=np.float64)
     history: list[dict] = []
