@@ -210,6 +210,14 @@ def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def save_figures(result: dict, out: Path, extra: str | None = None) -> None:
+    """Write ``result`` as JSON to ``out`` (and to ``extra``, e.g. under docs/results)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path in [out, *([Path(extra)] if extra else [])]:
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"figures in {out}" + (f" and {extra}" if extra else ""))
+
+
 def waterz_reference(vol: Path, threshold: float = 0.5) -> dict:
     """One in-memory waterz pass (its own watershed + agglomeration, ``hist_quant_75`` as the
     chain, to ``threshold``) over the whole tiled volume's affinities, timed on one core, and
@@ -262,6 +270,47 @@ def chain_summary(rows: list[dict], workers: int, ref_rate: float) -> dict:
             entry["marginal_ratio_to_waterz"] = round(marginal / ref_rate, 4) if marginal else None
         out[method] = entry
     return out
+
+
+def markdown(result: dict) -> str:
+    """The tables docs/performance.md shows (a test checks them against the committed JSON):
+    per stage, wall time and Mvoxel/s per core as a ratio to the waterz pass; per chain the
+    totals, the marginal ratio and the VOI beside waterz's."""
+    rows = result["rows"]
+    scales = sorted({tuple(r["shape"]) for r in rows})
+    head = " | ".join(f"{'x'.join(map(str, s))}: wall s, x waterz" for s in scales)
+    lines = [f"| method | stage | {head} |", "| --- | --- |" + " --- |" * len(scales)]
+    for method, chain in result["chains"].items():
+        for stage in STAGES:
+            cells = []
+            for s in scales:
+                (r,) = [
+                    x
+                    for x in rows
+                    if x["method"] == method and x["stage"] == stage and tuple(x["shape"]) == s
+                ]
+                cells.append(f"{r['wall_s']:.1f}, {r['ratio_to_waterz']:.4f}")
+            lines.append(f"| {method} | {stage} | " + " | ".join(cells) + " |")
+        cells = [f"**{w:.1f}, {x:.4f}**" for w, x in zip(chain["wall_s"], chain["ratio_to_waterz"])]
+        lines.append(f"| {method} | **02-06** | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| method | marginal Mvoxel/s per core | marginal x waterz | best VOI (per size) |",
+        "| --- | --- | --- | --- |",
+    ]
+    ref = result["waterz_in_memory"]
+    for method, chain in result["chains"].items():
+        m = chain.get("marginal_voxels_per_s_per_core")
+        x = chain.get("marginal_ratio_to_waterz")
+        lines.append(
+            f"| {method} | {'-' if m is None else f'{m / 1e6:.3f}'} | "
+            f"{'-' if x is None else f'{x:.4f}'} | {', '.join(f'{v:.3f}' for v in chain['voi'])} |"
+        )
+    lines.append(
+        f"| in-memory waterz pass | {ref['voxels_per_s'] / 1e6:.3f} (one core) | 1 | "
+        f"{ref['passes'][0]['voi']:.3f} |"
+    )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -334,11 +383,8 @@ def main() -> None:
         "chains": chains,
         "rows": rows,
     }
-    out = Path(args.out) / f"postprocess_{args.size}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for path in [out, *([Path(args.json)] if args.json else [])]:
-        path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"figures in {out}" + (f" and {args.json}" if args.json else ""))
+    print(markdown(result))
+    save_figures(result, Path(args.out) / f"postprocess_{args.size}.json", args.json)
 
 
 if __name__ == "__main__":

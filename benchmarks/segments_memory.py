@@ -10,7 +10,7 @@ fresh process whose peak RSS (``ru_maxrss``) minus its RSS before the work is re
   the fly (random edges among ``N`` fragments, uniform scores): ``N`` fixed and ``E`` growing,
   then ``E = 5 N`` growing; far beyond what fits a test database, without one;
 * ``db``: the real stage over an embedded MongoDB RAG of ``E`` edges and ``E / 5`` nodes
-  (written first, in the parent), with the stage's own batch size.
+  (written first, in the parent), once per ``--db-batches`` value of ``segments.BATCH``.
 
     python benchmarks/segments_memory.py                 # minutes
     python benchmarks/segments_memory.py --json docs/results/segments_memory.json
@@ -34,6 +34,8 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.postprocess import save_figures  # noqa: E402
 
 THRESHOLDS = [0.3, 0.5, 0.7]
 GEN_BATCH = 1_000_000
@@ -64,10 +66,12 @@ def point_stream(n_nodes: int, n_edges: int) -> dict:
     return {"base_rss_mb": base / 2**20, "wall_s": wall, "segments": segments}
 
 
-def point_db(run_dir: str, db_name: str) -> dict:
+def point_db(run_dir: str, db_name: str, batch: str) -> dict:
     from marlseg.config import load_config
+    from marlseg.stages import segments
     from marlseg.stages.segments import SegmentsStage
 
+    segments.BATCH = int(batch)  # the stage reads its module's BATCH when it runs
     config = load_config(None, [f"run.dir={run_dir}", f"db.name={db_name}"])
     config = config.model_copy(
         update={"segments": config.segments.model_copy(update={"thresholds": THRESHOLDS})}
@@ -112,12 +116,34 @@ def measure(args: list[str]) -> dict:
     return row
 
 
+def markdown(result: dict) -> str:
+    """The table docs/performance.md shows (a test checks it against the committed JSON)."""
+    lines = [
+        "| series | fragments | edges | peak growth MB | bytes per edge | bytes per fragment | wall s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["rows"]:
+        growth = r["growth_mb"] * 2**20
+        lines.append(
+            f"| {r['series']} | {r['nodes']:,} | {r['edges']:,} | {r['growth_mb']:.1f} | "
+            f"{growth / r['edges']:.1f} | {growth / r['nodes']:.1f} | {r['wall_s']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--point", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--nodes", type=int, default=1_000_000, help="stream series: fixed N")
     p.add_argument("--edges", type=int, nargs="+", default=[1_000_000, 4_000_000, 16_000_000])
-    p.add_argument("--db-edges", type=int, nargs="+", default=[100_000, 400_000])
+    p.add_argument("--db-edges", type=int, nargs="+", default=[200_000, 1_000_000])
+    p.add_argument(
+        "--db-batches",
+        type=int,
+        nargs="+",
+        default=[1_000_000, 100_000],
+        help="segments.BATCH values to measure the db series with (before issue 20: 10^6)",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -142,25 +168,30 @@ def main() -> None:
         for e in args.db_edges:
             name = f"seg_mem_{e}"
             write_s = populate(server.uri, work, name, e // 5, e)
-            r = measure(["db", str(work), name])
-            rows.append(
-                {"series": "db", "nodes": e // 5, "edges": e, "write_s": round(write_s, 1), **r}
-            )
-            print(json.dumps(rows[-1]), flush=True)
+            for batch in args.db_batches:
+                r = measure(["db", str(work), name, str(batch)])
+                rows.append(
+                    {
+                        "series": f"db, batch {batch}",
+                        "nodes": e // 5,
+                        "edges": e,
+                        "write_s": round(write_s, 1),
+                        **r,
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
     print(
         f"\n{'series':>8} {'nodes':>10} {'edges':>11} {'growth MB':>10} {'B/edge':>7} {'B/node':>7}"
     )
     for r in rows:
         print(
-            f"{r['series']:>8} {r['nodes']:>10} {r['edges']:>11} {r['growth_mb']:>10.1f} "
-            f"{r['growth_mb'] * 2**20 / r['edges']:>7.1f} {r['growth_mb'] * 2**20 / r['nodes']:>7.1f}"
+            f"{r['series']:>18} {r['nodes']:>10} {r['edges']:>11} {r['growth_mb']:>10.1f} "
+            f"{r['growth_mb'] * 2**20 / r['edges']:>7.1f} "
+            f"{r['growth_mb'] * 2**20 / r['nodes']:>7.1f} {r['wall_s']:>7.1f}"
         )
     result = {"thresholds": THRESHOLDS, "generator_batch": GEN_BATCH, "rows": rows}
-    out = Path(args.out) / "segments_memory.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for path in [out, *([Path(args.json)] if args.json else [])]:
-        path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"figures in {out}")
+    print(markdown(result))
+    save_figures(result, Path(args.out) / "segments_memory.json", args.json)
 
 
 if __name__ == "__main__":
