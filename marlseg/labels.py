@@ -87,3 +87,9 @@ def dense_relabel(labels: np.ndarray, dtype: type = np.uint64) -> tuple[np.ndarr
         run_inverse += dtype(1)
         ids = np.concatenate([np.zeros(1, ids.dtype), ids])
     return ids, np.repeat(run_inverse, lengths).reshape(labels.shape)
+
+
+def unique(labels: np.ndarray) -> np.ndarray:
+    """``np.unique(labels)``: the sorted labels present."""
+    starts, _ = runs(labels)
+    return np.unique(labels.reshape(-1)[starts])

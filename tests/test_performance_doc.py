@@ -17,7 +17,7 @@ ROOT = Path(__file__).parents[1]
     "module, name",
     [
         (postprocess_blocks, "postprocess_blocks.json"),
-        (postprocess, "postprocess_256.json"),
+        (postprocess, "postprocess_192.json"),
         (segments_memory, "segments_memory.json"),
         (scale, "scale_128_waterz.json"),
     ],

@@ -8,7 +8,7 @@ import pytest
 
 from marlseg import metrics
 from marlseg import watershed as W
-from marlseg.labels import label_stats, runs, unique_counts, unique_inverse
+from marlseg.labels import dense_relabel, label_stats, runs, unique, unique_counts, unique_inverse
 
 
 def _volumes():
@@ -31,6 +31,12 @@ def test_unique_inverse_and_counts_match_numpy(labels):
     ids_c, counts = unique_counts(labels)
     np.testing.assert_array_equal(ids_c, ref_ids)
     np.testing.assert_array_equal(counts, ref_counts)
+    np.testing.assert_array_equal(unique(labels), ref_ids)
+    ids_d, dense = dense_relabel(labels)
+    np.testing.assert_array_equal(ids_d[dense], labels.astype(ids_d.dtype))
+    assert ids_d[0] == 0 and dense.dtype == np.uint64
+    present = np.unique(dense)
+    np.testing.assert_array_equal(present[present > 0], np.arange(1, (ref_ids != 0).sum() + 1))
 
 
 @pytest.mark.parametrize("labels", [v for v in _volumes() if v.size])
