@@ -138,21 +138,24 @@ def measure_stage(name: str, config) -> tuple[float, RssSampler]:
     return wall, rss
 
 
-def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
-    shape = (size * scale, size, size)
-    work = Path(args.out) / f"pp_{shape[0]}x{shape[1]}x{shape[2]}"
+def tiled(out: Path, shape: tuple[int, int, int], retile: bool = False) -> Path:
+    """The tiled volume of ``shape`` under ``out`` (made if missing or ``retile``)."""
+    work = out / f"pp_{shape[0]}x{shape[1]}x{shape[2]}"
     vol = work / "input.zarr"
-    predict = getattr(args, "predict", False)
-    if not (vol / ".zgroup").exists() or not (vol / "raw").exists() or args.retile:
+    if not (vol / ".zgroup").exists() or not (vol / "raw").exists() or retile:
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
         t = time.perf_counter()
         tile_volume(vol, shape)
         print(f"tiled {shape} in {time.perf_counter() - t:.1f} s -> {vol}", flush=True)
-    run_dir = work / f"run_{args.method}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    return vol
+
+
+def chain_config(vol: Path, run_dir: Path, shape, args: argparse.Namespace):
+    """The chain's config over the tiled volume ``vol`` (``args``: block, context, workers,
+    method, and optionally predict and mem_mb)."""
+    predict = getattr(args, "predict", False)
     bs = args.block * 10
     ctx = args.context * 10
     # 01 (--predict): the shipped UNETR predicts affinities from the tiled raw and 02 reads
@@ -184,6 +187,18 @@ def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
             "extract.threshold=0.5",
         ],
     )
+    return config
+
+
+def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
+    shape = (size * scale, size, size)
+    vol = tiled(Path(args.out), shape, args.retile)
+    work = vol.parent
+    predict = getattr(args, "predict", False)
+    run_dir = work / f"run_{args.method}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    config = chain_config(vol, run_dir, shape, args)
     voxels = int(np.prod(shape))
     rows = []
     for name in ["predict", *STAGES] if predict else STAGES:
