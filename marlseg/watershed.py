@@ -130,7 +130,9 @@ def mutex_watershed(
     return out
 
 
-def waterz_watershed(affs: np.ndarray, fragments_in_xy: bool = False) -> np.ndarray:
+def waterz_watershed(
+    affs: np.ndarray, fragments_in_xy: bool = False, epsilon: float = 0.0
+) -> np.ndarray:
     """waterz's own initial watershed (compiled, on the affinity graph); ids ``1..n``.
 
     As in one in-memory waterz pass: voxels joined by an affinity above waterz's high
@@ -138,28 +140,38 @@ def waterz_watershed(affs: np.ndarray, fragments_in_xy: bool = False) -> np.ndar
     (0.0001) joins the basin its steepest edge leads to, and voxels whose every affinity is
     below it (pure membrane) get 0, no fragment. No distance transform, no per-voxel
     priority queue in Python-land: about 10x the seeded watershed's speed, with more, smaller
-    fragments (the agglomeration merges them). ``fragments_in_xy`` runs per z-section
-    without the z channel.
+    fragments (the agglomeration merges them). ``epsilon > 0`` merges them in the same waterz
+    call up to that mean-affinity score, as :func:`epsilon_agglomerate` would in a second
+    pass: fewer RAG rows. ``fragments_in_xy`` runs per z-section without the z channel.
     """
     affs = np.ascontiguousarray(affs[:3], dtype=np.float32)
     if not fragments_in_xy:
-        return _waterz_fragments(affs)
+        return _waterz_fragments(affs, epsilon)
     out = np.zeros(affs.shape[1:], dtype=np.uint64)
     next_id = np.uint64(0)
     for z in range(out.shape[0]):
         section = affs[:, z : z + 1].copy()
         section[0] = 0.0
-        frags = _waterz_fragments(section)[0]
+        frags = _waterz_fragments(section, epsilon)[0]
         out[z] = np.where(frags > 0, frags + next_id, np.uint64(0))
         next_id += np.uint64(frags.max(initial=0))
     return out
 
 
-def _waterz_fragments(affs: np.ndarray) -> np.ndarray:
+def _waterz_fragments(affs: np.ndarray, epsilon: float) -> np.ndarray:
     import waterz
 
     # threshold 0: waterz's watershed, then no merge (every score is >= 0)
-    seg = next(iter(waterz.agglomerate(affs, thresholds=[0.0])))
+    seg = next(
+        iter(
+            waterz.agglomerate(
+                affs,
+                thresholds=[max(epsilon, 0.0)],
+                scoring_function=EPSILON_FUNCTION,
+                discretize_queue=256,
+            )
+        )
+    )
     return np.array(seg, dtype=np.uint64, copy=True)
 
 
@@ -185,6 +197,10 @@ def _consecutive(labels: np.ndarray) -> np.ndarray:
     return inverse + np.uint64(1)
 
 
+EPSILON_FUNCTION = "OneMinus<MeanAffinity<RegionGraphType,ScoreValue>>"
+"""The scoring of the merges inside a block (``fragments.epsilon_agglomerate``)."""
+
+
 def epsilon_agglomerate(affs: np.ndarray, fragments: np.ndarray, threshold: float) -> np.ndarray:
     """Merge fragments whose mean-affinity score ``1 - mean(aff)`` is below ``threshold``
     (waterz, inside the block). Returns a new array; ids are existing fragment ids."""
@@ -197,7 +213,7 @@ def epsilon_agglomerate(affs: np.ndarray, fragments: np.ndarray, threshold: floa
         np.ascontiguousarray(affs[:3], dtype=np.float32),
         thresholds=[threshold],
         fragments=frags,
-        scoring_function="OneMinus<MeanAffinity<RegionGraphType,ScoreValue>>",
+        scoring_function=EPSILON_FUNCTION,
         discretize_queue=256,
     ):
         # waterz hands out one array, updated in place for every threshold: copy it
