@@ -107,7 +107,8 @@ def markdown(result: dict) -> str:
         "",
         f"{voxels / 1e6:.1f} Mvoxel; in-memory waterz pass {ref / 1e6:.2f} Mvoxel/s (best VOI "
         f"{result['waterz_in_memory']['voi']:.3f}); chain best VOI: {best}; set-up left out: "
-        f"{setup}.",
+        f"{setup}"
+        + (f"; overrides: {', '.join(result['overrides'])}." if result.get("overrides") else "."),
     ]
     return "\n".join(lines) + "\n"
 
@@ -119,6 +120,9 @@ def main() -> None:
     p.add_argument("--context", type=int, default=8, help="context, voxels")
     p.add_argument(
         "--methods", nargs="+", choices=["watershed", "mutex", "waterz"], default=["waterz"]
+    )
+    p.add_argument(
+        "--set", dest="sets", action="append", default=[], help="config override key=value"
     )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     p.add_argument("--json", default=None)
@@ -153,6 +157,7 @@ def main() -> None:
         "voxels": int(np.prod(shape)),
         "block": args.block,
         "context": args.context,
+        "overrides": args.sets,
         "load_average_at_start": load,
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "waterz_in_memory": {

@@ -154,7 +154,7 @@ def tiled(out: Path, shape: tuple[int, int, int], retile: bool = False) -> Path:
 
 def chain_config(vol: Path, run_dir: Path, shape, args: argparse.Namespace):
     """The chain's config over the tiled volume ``vol`` (``args``: block, context, workers,
-    method, and optionally predict and mem_mb)."""
+    method, and optionally predict, mem_mb and sets: further ``key=value`` overrides)."""
     predict = getattr(args, "predict", False)
     bs = args.block * 10
     ctx = args.context * 10
@@ -185,6 +185,7 @@ def chain_config(vol: Path, run_dir: Path, shape, args: argparse.Namespace):
             f"fragments.method={args.method}",
             f"segments.thresholds={THRESHOLDS}",
             "extract.threshold=0.5",
+            *getattr(args, "sets", None) or [],
         ],
     )
     return config
