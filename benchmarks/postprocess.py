@@ -185,7 +185,7 @@ def chain_config(vol: Path, run_dir: Path, shape, args: argparse.Namespace):
             f"fragments.method={args.method}",
             f"segments.thresholds={THRESHOLDS}",
             "extract.threshold=0.5",
-            *getattr(args, "sets", None) or [],
+            *(getattr(args, "sets", None) or []),
         ],
     )
     return config
