@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import postprocess, postprocess_blocks, scale, segments_memory
+from benchmarks import chain_inline, postprocess_blocks, segments_memory
 
 ROOT = Path(__file__).parents[1]
 
@@ -17,9 +17,9 @@ ROOT = Path(__file__).parents[1]
     "module, name",
     [
         (postprocess_blocks, "postprocess_blocks.json"),
-        (postprocess, "postprocess_192.json"),
+        (chain_inline, "chain_inline_128.json"),
+        (chain_inline, "chain_inline_128_eps.json"),
         (segments_memory, "segments_memory.json"),
-        (scale, "scale_128_waterz.json"),
     ],
 )
 def test_tables_are_generated_from_committed_json(module, name):
