@@ -18,7 +18,7 @@ Fragment quality: the best VOI over ``segments.thresholds`` of each chain, besid
 
     python benchmarks/postprocess.py                         # 256^3, minutes
     python benchmarks/postprocess.py --size 512 --scales 1 2 4
-    python benchmarks/postprocess.py --methods watershed waterz --scales 1 2 --json docs/results/postprocess_256.json
+    python benchmarks/postprocess.py --methods watershed waterz --scales 1 2   # marginal rates
 
 Figures are printed as a table and saved as ``<out>/postprocess_<size>.json`` (and ``--json``).
 """
