@@ -8,7 +8,8 @@ git commit, so the old code is measured, not re-typed). Each timing is the best 
 the same block (its watershed and agglomeration, ``hist_quant_75``, threshold 0.5) divided by
 it, measured in the same run: the share of waterz's throughput the step reaches.
 
-    python benchmarks/postprocess_blocks.py --json docs/results/postprocess_blocks.json
+    python benchmarks/postprocess_blocks.py --json docs/results/postprocess_blocks.json \\
+        --figure docs/figures/postprocess_blocks.png
 
 Figures are printed and saved as ``<out>/postprocess_blocks.json`` (and ``--json``).
 """
@@ -83,6 +84,30 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(result: dict, path: Path) -> None:
+    """Before/after seconds per step, log scale (the figure docs/performance.md shows)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if r["before_s"] is not None]
+    y = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
+    ax.barh(y + 0.2, [r["before_s"] for r in rows], 0.4, label=f"before ({result['before']})")
+    ax.barh(y - 0.2, [r["after_s"] for r in rows], 0.4, label="after")
+    ax.axvline(result["waterz_pass_s"], color="k", ls="--", lw=1, label="in-memory waterz pass")
+    ax.set_yticks(y, [f"{r['stage'][:2]} {r['step'].split(' (')[0]}" for r in rows], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per block (best of repeats)")
+    ax.invert_yaxis()
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=144, help="read ROI side, voxels")
@@ -91,7 +116,12 @@ def main() -> None:
     p.add_argument("--before", default=BEFORE)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
     p.add_argument("--json", default=None)
+    p.add_argument("--figure", default=None, help="also draw the figure here (a .png)")
+    p.add_argument("--plot-only", default=None, help="only draw --figure from this JSON")
     args = p.parse_args()
+    if args.plot_only:
+        plot(json.loads(Path(args.plot_only).read_text()), Path(args.figure))
+        return
     import waterz
 
     old_w = old_module(args.before, "marlseg/watershed.py", "old_watershed")
@@ -194,6 +224,8 @@ def main() -> None:
     print(f"in-memory waterz pass over the block: {ref_s:.3f} s; fragments {per_method}")
     print(markdown(result))
     save_figures(result, Path(args.out) / "postprocess_blocks.json", args.json)
+    if args.figure:
+        plot(result, Path(args.figure))
 
 
 if __name__ == "__main__":
