@@ -9,11 +9,18 @@ voxels / wall time; the runner's figure) and peak RSS per worker, sampled every 
 worker processes (``python -m marlseg.worker``); the whole-volume stage ``segments`` runs in
 this process, whose RSS is sampled instead.
 
+Every figure is also given as a ratio to one in-memory waterz pass (its own watershed and
+agglomeration, ``hist_quant_75``, one core, no I/O) over the same affinities, measured in the
+same run (twice, after the chains): the machine is shared and noisy, the ratio survives it.
+``--methods`` runs one chain per ``fragments.method``; with several ``--scales`` the marginal
+rate (the slope of wall time against voxels: start-up cancels) is reported too, per core.
+Fragment quality: the best VOI over ``segments.thresholds`` of each chain, beside waterz's.
+
     python benchmarks/postprocess.py                         # 256^3, minutes
     python benchmarks/postprocess.py --size 512 --scales 1 2 4
-    python benchmarks/postprocess.py --size 512 --method mutex --workers 2
+    python benchmarks/postprocess.py --methods watershed waterz --scales 1 2   # marginal rates
 
-Figures are printed as a table and saved as ``<out>/postprocess_<size>.json``.
+Figures are printed as a table and saved as ``<out>/postprocess_<size>.json`` (and ``--json``).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from marlseg.stages import get_stage  # noqa: E402
 
 DATA = ROOT / "data" / "fib_train.h5"
 STAGES = ["fragments", "agglomerate", "segments", "extract", "evaluate"]
+THRESHOLDS = [0.3, 0.5, 0.7]
 
 
 def mirror_index(n_out: int, n_in: int, start: int = 0) -> np.ndarray:
@@ -130,21 +138,24 @@ def measure_stage(name: str, config) -> tuple[float, RssSampler]:
     return wall, rss
 
 
-def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
-    shape = (size * scale, size, size)
-    work = Path(args.out) / f"pp_{shape[0]}x{shape[1]}x{shape[2]}"
+def tiled(out: Path, shape: tuple[int, int, int], retile: bool = False) -> Path:
+    """The tiled volume of ``shape`` under ``out`` (made if missing or ``retile``)."""
+    work = out / f"pp_{shape[0]}x{shape[1]}x{shape[2]}"
     vol = work / "input.zarr"
-    predict = getattr(args, "predict", False)
-    if not (vol / ".zgroup").exists() or not (vol / "raw").exists() or args.retile:
+    if not (vol / ".zgroup").exists() or not (vol / "raw").exists() or retile:
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
         t = time.perf_counter()
         tile_volume(vol, shape)
         print(f"tiled {shape} in {time.perf_counter() - t:.1f} s -> {vol}", flush=True)
-    run_dir = work / f"run_{args.method}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    return vol
+
+
+def chain_config(vol: Path, run_dir: Path, shape, args: argparse.Namespace):
+    """The chain's config over the tiled volume ``vol`` (``args``: block, context, workers,
+    method, and optionally predict, mem_mb and sets: further ``key=value`` overrides)."""
+    predict = getattr(args, "predict", False)
     bs = args.block * 10
     ctx = args.context * 10
     # 01 (--predict): the shipped UNETR predicts affinities from the tiled raw and 02 reads
@@ -172,10 +183,23 @@ def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
             f"fragments.context=[{ctx}, {ctx}, {ctx}]",
             f"agglomerate.context=[{ctx}, {ctx}, {ctx}]",
             f"fragments.method={args.method}",
-            "segments.thresholds=[0.3, 0.5, 0.7]",
+            f"segments.thresholds={THRESHOLDS}",
             "extract.threshold=0.5",
+            *(getattr(args, "sets", None) or []),
         ],
     )
+    return config
+
+
+def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
+    shape = (size * scale, size, size)
+    vol = tiled(Path(args.out), shape, args.retile)
+    work = vol.parent
+    predict = getattr(args, "predict", False)
+    run_dir = work / f"run_{args.method}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    config = chain_config(vol, run_dir, shape, args)
     voxels = int(np.prod(shape))
     rows = []
     for name in ["predict", *STAGES] if predict else STAGES:
@@ -195,9 +219,114 @@ def run(size: int, scale: int, args: argparse.Namespace) -> list[dict]:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
+    scores = json.loads((run_dir / "scores.json").read_text())
+    rows[-1]["voi"] = round(min(r["voi_split"] + r["voi_merge"] for r in scores), 4)
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     return rows
+
+
+def save_figures(result: dict, out: Path, extra: str | None = None) -> None:
+    """Write ``result`` as JSON to ``out`` (and to ``extra``, e.g. under docs/results)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for path in [out, *([Path(extra)] if extra else [])]:
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"figures in {out}" + (f" and {extra}" if extra else ""))
+
+
+def waterz_reference(vol: Path, threshold: float = 0.5) -> dict:
+    """One in-memory waterz pass (its own watershed + agglomeration, ``hist_quant_75`` as the
+    chain, to ``threshold``) over the whole tiled volume's affinities, timed on one core, and
+    the best VOI of waterz at the chain's thresholds: the yardstick every figure is divided
+    by, measured in the same run because the machine is shared."""
+    import waterz
+
+    from marlseg.affinities import boundary_to_affinities
+    from marlseg.metrics import evaluate
+    from marlseg.watershed import MERGE_FUNCTIONS
+
+    root = zarr.open(str(vol), mode="r")
+    affs = boundary_to_affinities(root["boundary"][:])
+    function = MERGE_FUNCTIONS["hist_quant_75"]
+    t = time.perf_counter()
+    for _ in waterz.agglomerate(affs, thresholds=[threshold], scoring_function=function):
+        pass
+    wall = time.perf_counter() - t
+    gt = root["gt"][:]
+    vois = []
+    for seg in waterz.agglomerate(affs, thresholds=THRESHOLDS, scoring_function=function):
+        s = evaluate(seg, gt, ignore_label=0)
+        vois.append(s["voi_split"] + s["voi_merge"])
+    voxels = int(np.prod(affs.shape[1:]))
+    return {"wall_s": round(wall, 3), "voxels_per_s": round(voxels / wall), "voi": min(vois)}
+
+
+def chain_summary(rows: list[dict], workers: int, ref_rate: float) -> dict:
+    """Per method and size: the chain's wall time, Mvoxel/s per core and its ratio to the
+    in-memory waterz pass; over several sizes also the marginal figures (start-up cancels)."""
+    out: dict = {}
+    for method in sorted({r["method"] for r in rows}):
+        sizes = sorted({r["voxels"] for r in rows if r["method"] == method})
+        walls = [
+            sum(r["wall_s"] for r in rows if r["method"] == method and r["voxels"] == v)
+            for v in sizes
+        ]
+        per_core = [v / w / workers for v, w in zip(sizes, walls)]
+        entry = {
+            "voxels": sizes,
+            "wall_s": [round(w, 2) for w in walls],
+            "voxels_per_s_per_core": [round(x) for x in per_core],
+            "ratio_to_waterz": [round(x / ref_rate, 4) for x in per_core],
+            "voi": [r["voi"] for r in rows if r["method"] == method and r["stage"] == "evaluate"],
+        }
+        if len(sizes) >= 2:
+            slope = np.polyfit(np.asarray(sizes, float), np.asarray(walls, float), 1)[0]
+            marginal = 1 / slope / workers if slope > 0 else None
+            entry["marginal_voxels_per_s_per_core"] = round(marginal) if marginal else None
+            entry["marginal_ratio_to_waterz"] = round(marginal / ref_rate, 4) if marginal else None
+        out[method] = entry
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The tables docs/performance.md shows (a test checks them against the committed JSON):
+    per stage, wall time and Mvoxel/s per core as a ratio to the waterz pass; per chain the
+    totals, the marginal ratio and the VOI beside waterz's."""
+    rows = result["rows"]
+    scales = sorted({tuple(r["shape"]) for r in rows})
+    head = " | ".join(f"{'x'.join(map(str, s))}: wall s, x waterz" for s in scales)
+    lines = [f"| method | stage | {head} |", "| --- | --- |" + " --- |" * len(scales)]
+    for method, chain in result["chains"].items():
+        for stage in STAGES:
+            cells = []
+            for s in scales:
+                (r,) = [
+                    x
+                    for x in rows
+                    if x["method"] == method and x["stage"] == stage and tuple(x["shape"]) == s
+                ]
+                cells.append(f"{r['wall_s']:.1f}, {r['ratio_to_waterz']:.4f}")
+            lines.append(f"| {method} | {stage} | " + " | ".join(cells) + " |")
+        cells = [f"**{w:.1f}, {x:.4f}**" for w, x in zip(chain["wall_s"], chain["ratio_to_waterz"])]
+        lines.append(f"| {method} | **02-06** | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| method | marginal Mvoxel/s per core | marginal x waterz | best VOI (per size) |",
+        "| --- | --- | --- | --- |",
+    ]
+    ref = result["waterz_in_memory"]
+    for method, chain in result["chains"].items():
+        m = chain.get("marginal_voxels_per_s_per_core")
+        x = chain.get("marginal_ratio_to_waterz")
+        lines.append(
+            f"| {method} | {'-' if m is None else f'{m / 1e6:.3f}'} | "
+            f"{'-' if x is None else f'{x:.4f}'} | {', '.join(f'{v:.3f}' for v in chain['voi'])} |"
+        )
+    lines.append(
+        f"| in-memory waterz pass | {ref['voxels_per_s'] / 1e6:.3f} (one core) | 1 | "
+        f"{ref['passes'][0]['voi']:.3f} |"
+    )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -207,28 +336,71 @@ def main() -> None:
     p.add_argument("--block", type=int, default=128, help="block side, voxels")
     p.add_argument("--context", type=int, default=8, help="context, voxels")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--method", choices=["watershed", "mutex"], default="watershed")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=["watershed", "mutex", "waterz"],
+        default=["watershed", "waterz"],
+        help="fragments.method values to run, one chain each (default: watershed waterz)",
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    p.add_argument("--json", default=None, help="also write the figures here (e.g. under docs/)")
     p.add_argument("--retile", action="store_true", help="rebuild the tiled input")
     p.add_argument("--keep", action="store_true", help="keep the run directories")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    rows = [r for s in args.scales for r in run(args.size, s, args)]
+    load = [round(x, 2) for x in os.getloadavg()]
+    rows = []
+    for method in args.methods:
+        args.method = method
+        for s in args.scales:
+            rows += [{"method": method, **r} for r in run(args.size, s, args)]
+    vol = Path(args.out) / f"pp_{args.size}x{args.size}x{args.size}" / "input.zarr"
+    if not vol.exists():
+        run(args.size, 1, argparse.Namespace(**{**vars(args), "method": args.methods[0]}))
+    ref = [waterz_reference(vol) for _ in range(2)]  # after the chains; twice, for the noise
+    ref_rate = float(np.mean([r["voxels_per_s"] for r in ref]))
+    for r in rows:
+        r["voxels_per_s_per_core"] = round(r["voxels_per_s"] / max(r["workers"], 1))
+        r["ratio_to_waterz"] = round(r["voxels_per_s_per_core"] / ref_rate, 4)
+    passes = ", ".join(f"{r['wall_s']:.2f} s" for r in ref)
     print(
-        f"\n{'shape':>16} {'stage':>12} {'wall s':>8} {'Mvox/s':>8} {'workers':>7} "
-        f"{'RSS max MB':>10} {'RSS mean MB':>11} {'sched MB':>8}"
+        f"\nin-memory waterz pass ({args.size}^3, one core): {ref_rate / 1e6:.2f} Mvoxel/s "
+        f"(two passes: {passes}), best VOI "
+        f"{ref[0]['voi']:.3f}; every ratio below is to this rate"
+    )
+    print(
+        f"{'method':>10} {'shape':>14} {'stage':>12} {'wall s':>7} {'Mvox/s/core':>11} "
+        f"{'x waterz':>9} {'RSS max MB':>10} {'sched MB':>8}"
     )
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
         print(
-            f"{shape:>16} {r['stage']:>12} {r['wall_s']:>8.1f} {r['voxels_per_s'] / 1e6:>8.3f} "
-            f"{r['workers']:>7} {r['peak_rss_mb_max'] or '-':>10} {r['peak_rss_mb_mean'] or '-':>11} "
-            f"{r['scheduler_rss_mb']:>8}"
+            f"{r['method']:>10} {shape:>14} {r['stage']:>12} {r['wall_s']:>7.1f} "
+            f"{r['voxels_per_s_per_core'] / 1e6:>11.3f} {r['ratio_to_waterz']:>9.4f} "
+            f"{r['peak_rss_mb_max'] or '-':>10} {r['scheduler_rss_mb']:>8}"
         )
-    out = Path(args.out) / f"postprocess_{args.size}_{args.method}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
-    print(f"figures in {out}")
+    chains = chain_summary(rows, args.workers, ref_rate)
+    for method, c in chains.items():
+        marginal = c.get("marginal_ratio_to_waterz")
+        print(
+            f"chain 02-06, {method}: {c['wall_s']} s, x waterz {c['ratio_to_waterz']}"
+            + (f", marginal x waterz {marginal}" if marginal is not None else "")
+            + f", VOI {c['voi']} (waterz {ref[0]['voi']:.3f} + 0.10 allowed)"
+        )
+    result = {
+        "size": args.size,
+        "scales": args.scales,
+        "block": args.block,
+        "workers": args.workers,
+        "load_average_at_start": load,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "waterz_in_memory": {"passes": ref, "voxels_per_s": round(ref_rate)},
+        "chains": chains,
+        "rows": rows,
+    }
+    print(markdown(result))
+    save_figures(result, Path(args.out) / f"postprocess_{args.size}.json", args.json)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Figures are printed and saved as ``<out>/scale_<size>_<method>[_predict].json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.postprocess import STAGES  # noqa: E402
+from benchmarks.postprocess import STAGES, save_figures, waterz_reference  # noqa: E402
 from benchmarks.postprocess import run as run_chain  # noqa: E402
 
 
@@ -59,6 +58,37 @@ def fit_affine(voxels: list[int], walls: list[float]) -> tuple[float, float] | N
     return round(float(start), 2), (round(float(1 / slope)) if slope > 0 else None)
 
 
+def markdown(result: dict) -> str:
+    """The table docs/performance.md shows (a test checks it against the committed JSON)."""
+    sizes = result["stages"]["chain"]["voxels"]
+    lines = [
+        "| stage | wall s per size | k | start-up s | marginal Mvoxel/s | peak RSS MB per worker |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for stage, st in result["stages"].items():
+        marginal = st["marginal_voxels_per_s"]
+        lines.append(
+            f"| {stage} | {', '.join(f'{w:.1f}' for w in st['wall_s'])} | {st['exponent']} | "
+            f"{st['start_s']} | {'-' if not marginal else f'{marginal / 1e6:.3f}'} | "
+            f"{', '.join(str(x) for x in st['peak_rss_mb_per_worker'])} |"
+        )
+    ref = result["waterz_in_memory"]
+    proj = result["projection"]
+    lines += [
+        "",
+        f"Sizes {', '.join(f'{v / 1e6:.1f}' for v in sizes)} Mvoxel; scheduler peak RSS "
+        f"{', '.join(str(x) for x in result['scheduler_rss_mb'])} MB; in-memory waterz pass "
+        f"{ref['voxels_per_s'] / 1e6:.2f} Mvoxel/s on one core; the chain's marginal rate per "
+        f"core is {result['marginal_ratio_to_waterz']} of it"
+        + (
+            f"; projected wall time for {proj['voxels'] / 1e9:.1f} Gvoxel: {proj['wall_h']} h."
+            if proj
+            else "."
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=64, help="base side, voxels (default 64)")
@@ -66,7 +96,13 @@ def main() -> None:
     p.add_argument("--block", type=int, default=32, help="block side, voxels")
     p.add_argument("--context", type=int, default=8, help="context, voxels")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--method", choices=["watershed", "mutex"], default="watershed")
+    p.add_argument("--method", choices=["watershed", "mutex", "waterz"], default="watershed")
+    p.add_argument(
+        "--project",
+        type=float,
+        default=4.3e9,
+        help="voxels to project the chain's wall time to (default 4.3e9: 4 GiB of uint8)",
+    )
     p.add_argument(
         "--predict",
         action="store_true",
@@ -79,6 +115,7 @@ def main() -> None:
         help="cap each worker's address space (workers.mem_mb), e.g. 1500",
     )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out"))
+    p.add_argument("--json", default=None, help="also write the figures here (e.g. under docs/)")
     args = p.parse_args()
     args.retile = False
     args.keep = False
@@ -122,11 +159,33 @@ def main() -> None:
             f"{rss_s:>32} {spread_s:>7}"
         )
     print("goals: k = 1.0 +- 0.1; RSS spread <= 10% (segments runs in the scheduler: no workers)")
+    # the yardstick, in the same run: one in-memory waterz pass over the 1x volume
+    vol = Path(args.out) / f"pp_{args.size}x{args.size}x{args.size}" / "input.zarr"
+    ref = waterz_reference(vol)
+    chain = result["stages"]["chain"]
+    marginal = chain["marginal_voxels_per_s"]
+    projection = None
+    if marginal:
+        hours = (chain["start_s"] + args.project / marginal) / 3600
+        projection = {"voxels": args.project, "wall_h": round(hours, 2)}
+    result.update(
+        {
+            "method": args.method,
+            "workers": args.workers,
+            "block": args.block,
+            "waterz_in_memory": ref,
+            "marginal_ratio_to_waterz": (
+                round(marginal / args.workers / ref["voxels_per_s"], 4) if marginal else None
+            ),
+            "scheduler_rss_mb": [
+                max(r["scheduler_rss_mb"] for r in rows if r["voxels"] == v) for v in sizes
+            ],
+            "projection": projection,
+        }
+    )
+    print(markdown(result))
     tag = "_predict" if args.predict else ""
-    out = Path(args.out) / f"scale_{args.size}_{args.method}{tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"figures in {out}")
+    save_figures(result, Path(args.out) / f"scale_{args.size}_{args.method}{tag}.json", args.json)
 
 
 if __name__ == "__main__":

@@ -848,6 +848,14 @@ class MongoDbGraphDatabase(GraphDataBase):
 
     def read_node_ids(self, roi: Roi | None = None) -> np.ndarray:
         """All node ids (or those in ``roi``), uint64, sorted."""
+        if roi is None:  # streamed: 8 bytes per node, never a list of documents
+            with self._errors("reading nodes"):
+                cursor = self.nodes.find({}, {"_id": 0, "id": 1}, batch_size=100_000)
+                try:
+                    ids = np.fromiter((d["id"] for d in cursor), dtype=np.int64)
+                finally:
+                    cursor.close()
+            return np.sort(ids.astype(np.uint64))
         docs = self._find_nodes(roi, None, ["id"])
         return np.sort(np.asarray([d["id"] for d in docs], dtype=np.int64).astype(np.uint64))
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from marlseg.labels import runs
+
 
 @dataclass(frozen=True)
 class Table:
@@ -72,12 +74,15 @@ def contingency(seg: np.ndarray, gt: np.ndarray, ignore_label: int | None = 0) -
     ground truth is ``ignore_label`` (``None``: keep every voxel)."""
     if seg.shape != gt.shape:
         raise ValueError(f"shapes differ: segmentation {seg.shape}, ground truth {gt.shape}")
-    seg = seg.reshape(-1)
-    gt = gt.reshape(-1)
+    # one entry per run of equal (seg, gt) pairs, weighted by its length: exact, and a sort
+    # of the runs instead of the voxels (marlseg.labels)
+    starts, lengths = runs(seg, gt)
+    seg = seg.reshape(-1)[starts]
+    gt = gt.reshape(-1)[starts]
     if ignore_label is not None:
         keep = gt != np.asarray(ignore_label).astype(gt.dtype)
-        seg, gt = seg[keep], gt[keep]
-    return _reduce(seg, gt, None)
+        seg, gt, lengths = seg[keep], gt[keep], lengths[keep]
+    return _reduce(seg, gt, lengths.astype(np.float64))
 
 
 def merge_tables(tables: Iterable[Table]) -> Table:

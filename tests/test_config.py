@@ -72,7 +72,12 @@ def test_resolved_makes_paths_absolute(tmp_path):
             "segments.thresholds[1]",
             "less than or equal to 1",
         ),
-        ({"fragments": {"method": "magic"}}, [], "fragments.method", "'watershed' or 'mutex'"),
+        (
+            {"fragments": {"method": "magic"}},
+            [],
+            "fragments.method",
+            "'watershed', 'mutex' or 'waterz'",
+        ),
         ({"raw": {"path": "x.h5"}}, [], "raw.dataset", "required"),
         (
             {},

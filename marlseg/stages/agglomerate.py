@@ -29,6 +29,7 @@ from marlseg import watershed as W
 from marlseg.blockwise import BlockwiseStage
 from marlseg.config import Config
 from marlseg.errors import ConfigError
+from marlseg.labels import unique
 from marlseg.rag import RagStage
 from marlseg.stages.fragments import (
     affinity_source,
@@ -168,7 +169,7 @@ class AgglomerateStage(RagStage):
         begin = (block.write_roi.begin - block.read_roi.begin) / vs
         shape = block.write_roi.shape / vs
         inner = frags[tuple(slice(int(b), int(b) + int(s)) for b, s in zip(begin, shape))]
-        owned = np.unique(inner)
+        owned = unique(inner)
         owned = owned[owned != 0]
         if owned.size == 0:
             return

@@ -256,13 +256,15 @@ def compute_fragments(
         frags = W.seeded_watershed(
             affs, section.boundary_threshold, section.min_seed_distance, section.fragments_in_xy
         )
+    elif section.method == "waterz":  # epsilon merges in the same waterz call
+        frags = W.waterz_watershed(affs, section.fragments_in_xy, section.epsilon_agglomerate)
     else:
         frags = W.mutex_watershed(
             affs, section.mutex_offsets, section.mutex_bias, section.fragments_in_xy
         )
     if mask is not None:
         frags[~mask] = 0
-    if section.epsilon_agglomerate > 0:
+    if section.epsilon_agglomerate > 0 and section.method != "waterz":
         frags = W.epsilon_agglomerate(affs, frags, section.epsilon_agglomerate)
     if section.filter_fragments > 0:
         frags = W.filter_by_mean_affinity(frags, affs[:3].mean(axis=0), section.filter_fragments)

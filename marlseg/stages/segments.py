@@ -13,14 +13,15 @@ into a union-find per threshold. What stays in memory is
 
 * the sorted node ids (8 bytes per fragment) and, per threshold, a parent array (4 bytes per
   fragment while there are fewer than 2^31, else 8);
-* one batch of edges (``u``, ``v``, score: 20 bytes per edge times ``BATCH``).
+* one batch of edges (``BATCH`` of them: ~300 bytes each as pymongo documents, then 20 as
+  ``u``, ``v``, score).
 
 The union-find is vectorised: a batch's endpoints are mapped to their current roots, the
 graph among those roots is solved with ``scipy.sparse.csgraph.connected_components``, and each
 root points at its component's smallest root. Trees are flattened whenever they get deep.
 
 Scale: 10^9 edges come with ~10^8 fragments (a RAG has ~5-10 edges per node), i.e. 0.8 GB of
-ids plus 0.4 GB per threshold (3.6 GB for nine) and a few hundred MB per batch: one machine,
+ids plus 0.4 GB per threshold (3.6 GB for nine) and ~30 MB per batch: one machine,
 one pass over the edge collection (the cost is MongoDB's read throughput, ~10^6 edges/s per
 cursor, so ~20 min). Past that, process thresholds in groups (one pass each) or shard the
 edge stream by ``u`` range over workers that each emit (root, root) pairs, and union those.
@@ -40,10 +41,13 @@ from scipy.sparse.csgraph import connected_components
 
 from marlseg.config import Config
 from marlseg.errors import ConfigError, MarlsegError
+from marlseg.labels import unique_inverse
 from marlseg.stage import Stage
 
-BATCH = 1_000_000
-"""Edges per batch read from the database."""
+BATCH = 100_000
+"""Edges per batch read from the database. A batch passes through pymongo as documents
+(~300 bytes per edge), so this bounds the stage's transient memory (~30 MB); larger batches
+buy no throughput (``benchmarks/segments_memory.py``)."""
 
 
 class Components:
@@ -167,7 +171,7 @@ def apply_lut(
 ) -> np.ndarray:
     """Relabel ``fragments`` through a LUT; 0 stays 0 and ids missing from the LUT (not RAG
     nodes) keep their own id."""
-    ids, inverse = np.unique(fragments, return_inverse=True)
+    ids, inverse = unique_inverse(fragments)
     if fragment_ids.size == 0:
         mapped = ids.astype(np.uint64)
     else:
