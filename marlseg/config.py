@@ -290,6 +290,12 @@ class SegmentsConfig(Section):
     """Merge thresholds: fragments joined by edges with score <= threshold form one segment."""
     edge_score: str = "merge_score"
     """Edge attribute to threshold: ``merge_score`` (waterz) or ``rl_weight`` (07)."""
+    method: Literal["threshold", "mutex"] | None = None
+    """How edges make segments: ``threshold`` (connected components of edges with score
+    <= t, streamed) or ``mutex`` (graph mutex watershed: scores below t attract, above t
+    repel, strongest first; holds all edges). ``null``: ``edge_rl.partitioner`` when
+    ``edge_score`` is ``edge_rl.weight_attr`` (the partition 07 was rewarded for), else
+    ``threshold``."""
 
 
 class ExtractConfig(_StageSection):

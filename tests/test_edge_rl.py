@@ -603,15 +603,29 @@ def test_stage_round_trip_rl_weight_in_mongodb(tmp_path, mongo_uri):
         EdgeRlStage(changed).run()
     assert not EdgeRlStage(changed).run(restart=True)["reused_model"]
 
-    # 04 thresholds the learned weight like merge_score
+    # 04 on rl_weight gives, at t = edge_rl.partition_threshold, exactly the partition the
+    # policy was rewarded for (the training env's partitioner on the weights in the database)
+    from marlseg.partition import partition
     from marlseg.stages.segments import SegmentsStage, load_lut
+
+    db = MongoDbGraphDatabase(mongo_uri, name, mode="r")
+    got = db.read_edges_for_nodes(ids, attrs=["rl_weight", "merge_score"])
+    db.close()
+    edges = np.stack([np.searchsorted(ids, got["u"]), np.searchsorted(ids, got["v"])], 1)
+
+    def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+        return len(np.unique(np.stack([a, b], 1), axis=0)) == len(np.unique(a)) == len(np.unique(b))
 
     seg_cfg = cfg.model_copy(
         update={"segments": cfg.segments.model_copy(update={"edge_score": "rl_weight"})}
     )
     paths = SegmentsStage(seg_cfg).run()
     frag_ids, seg_ids = load_lut(paths[0.5])
-    assert len(frag_ids) == 16 and "rl_weight" in paths[0.5].name
+    assert np.array_equal(frag_ids, ids) and "rl_weight" in paths[0.5].name
+    trained_on = partition(16, edges, got["rl_weight"], cfg.edge_rl.partitioner, 0.5)
+    assert same_partition(seg_ids, trained_on)
+    # ... and not the one of merge_score (so a 04 that ignored rl_weight would fail above)
+    assert not same_partition(trained_on, partition(16, edges, got["merge_score"], "mutex", 0.5))
 
 
 def test_stage_check_errors(tmp_path):

@@ -7,8 +7,10 @@ writes the learned weight of every edge as the edge attribute ``edge_rl.weight_a
 (``rl_weight``).
 
 Convention: like ``merge_score``, **low = merge**: a weight is the probability that the edge
-is a boundary. ``04_find_segments.py`` with ``segments.edge_score: rl_weight`` thresholds it
-exactly as it thresholds ``merge_score`` (fragments joined by edges ``<= t``).
+is a boundary. ``04_find_segments.py`` with ``segments.edge_score: rl_weight`` partitions it
+with the partitioner it was rewarded for (``edge_rl.partitioner``, ``segments.method: null``;
+:mod:`marlseg.segment_methods`): at ``t = edge_rl.partition_threshold`` its LUT is the very
+partition the policy's reward was computed on.
 
 Outputs under ``run.dir/edge_rl/``: ``model.pt`` (the best actor and critic, by the reward of
 their deterministic weights), ``history.json``, ``rewards.png`` (reward curves, losses,
