@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from funlib.geometry import Coordinate, Roi
 
+from marlseg.context_priors import BlobPrior, BridgePrior, ThicknessPrior
 from marlseg.networks.gnn import GnnActor, GnnCritic
 from marlseg.partition import partition
 from marlseg.priors import (
@@ -187,6 +188,15 @@ def priors_from_config(spec: EdgeRlPriors) -> CompositePrior:
     if spec.tiny is not None:
         c = spec.tiny
         priors.append(TinySegmentsPrior(c.max_um3, c.max_count, c.weight))
+    if spec.thickness is not None:
+        c = spec.thickness
+        priors.append(ThicknessPrior(c.max_nm, c.min_um3, c.weight))
+    if spec.bridge is not None:
+        c = spec.bridge
+        priors.append(BridgePrior(c.max_um3, c.body_um3, c.reward, c.weight))
+    if spec.blob is not None:
+        c = spec.blob
+        priors.append(BlobPrior(c.min_um3, c.max_um3, c.max_ratio, c.body_um3, c.reward, c.weight))
     return CompositePrior(priors)
 
 

@@ -597,6 +597,22 @@ def test_stage_round_trip_rl_weight_in_mongodb(tmp_path, mongo_uri):
     second = dict(zip(zip(got2["u"].tolist(), got2["v"].tolist()), got2["rl_weight"].tolist()))
     assert second == pytest.approx(first)
 
+    # a model trained elsewhere is applied without training (edge_rl.model)
+    import shutil
+
+    shutil.copy(out / "model.pt", tmp_path / "elsewhere.pt")
+    applied = _stage_config(tmp_path, refs, mongo_uri, name, model=str(tmp_path / "elsewhere.pt"))
+    EdgeRlStage(applied).check()
+    assert EdgeRlStage(applied).run()["reused_model"]
+    db = MongoDbGraphDatabase(mongo_uri, name, mode="r")
+    got3 = db.read_edges_for_nodes(ids, attrs=["rl_weight"])
+    db.close()
+    third = dict(zip(zip(got3["u"].tolist(), got3["v"].tolist()), got3["rl_weight"].tolist()))
+    assert third == pytest.approx(first)
+    missing = _stage_config(tmp_path, refs, mongo_uri, name, model=str(tmp_path / "no.pt"))
+    with pytest.raises(ConfigError, match="^edge_rl.model: no model"):
+        EdgeRlStage(missing).check()
+
     # other settings without --restart are refused in one line; --restart retrains
     changed = _stage_config(tmp_path, refs, mongo_uri, name, seed=3)
     with pytest.raises(ConfigError, match="--restart"):
@@ -645,7 +661,10 @@ def test_stage_check_errors(tmp_path):
     with pytest.raises(ConfigError, match="edge_rl.priors"):
         load_config(
             None,
-            ['edge_rl.priors={"size": null, "elongation": null, "membrane": null, "tiny": null}'],
+            [
+                'edge_rl.priors={"size": null, "elongation": null, "membrane": null, '
+                '"tiny": null, "thickness": null, "bridge": null, "blob": null}'
+            ],
         )
     with pytest.raises(ConfigError, match="edge_rl.priors.membrane.level"):
         load_config(None, ['edge_rl.priors.membrane={"level": "voxel"}'])
