@@ -256,7 +256,7 @@ def figure(report: dict, path: Path) -> None:
         t = [row["threshold"] for row in r["rows"]]
         v = [row["voi_split"] + row["voi_merge"] for row in r["rows"]]
         ax.plot(t, v, "o-", color=f"C{i}", label=key.replace(":", ", "))
-    for j, (seed, s) in enumerate(report["rl_weight"]["seeds"].items()):
+    for j, s in enumerate(report["rl_weight"]["seeds"].values()):
         t = [row["threshold"] for row in s["rows"]]
         v = [row["voi_split"] + row["voi_merge"] for row in s["rows"]]
         label = f"rl_weight, {report['method']} (seeds)" if j == 0 else None
