@@ -95,6 +95,9 @@ def test_a_prior_whose_evidence_the_policy_reads_is_refused():
         load_config(None, ['edge_rl.priors.membrane={"evidence": "contacts"}'])
     ok = load_config(
         None,
-        ['edge_rl.priors.membrane={"evidence": "merge_score"}', 'edge_rl.edge_features=["contacts"]'],
+        [
+            'edge_rl.priors.membrane={"evidence": "merge_score"}',
+            'edge_rl.edge_features=["contacts"]',
+        ],
     )
     assert ok.edge_rl.priors.membrane.evidence == "merge_score"

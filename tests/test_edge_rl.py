@@ -13,8 +13,9 @@ import torch
 from skimage.metrics import variation_of_information
 
 from marlseg.config import Config, EdgeRlConfig, load_config
-from marlseg.edge_rl import EdgeRlEnv, EdgeRlTrainer, bfs_crops, pool_fragment_features
+from marlseg.edge_rl import EdgeRlEnv, EdgeRlTrainer, bfs_crops
 from marlseg.errors import ConfigError
+from marlseg.fragment_features import pool_fragment_features
 from marlseg.networks.gnn import GnnActor, GnnCritic, SigmoidNormal
 from marlseg.partition import mutex_partition, partition, threshold_partition
 from marlseg.priors import (

@@ -75,3 +75,19 @@ def test_method_defaults_and_mismatch_is_refused():
     bad = load_config(None, ['segments.edge_score="rl_weight"', 'segments.method="threshold"'])
     with pytest.raises(ConfigError, match="^segments.method: .*edge_rl.partitioner"):
         segments_method(bad)
+
+
+def test_chain_runs_07_when_04_reads_the_learned_weight(tmp_path):
+    import argparse
+
+    from marlseg.chain import ChainStage
+
+    def stages(sets, **options):
+        stage = ChainStage(load_config(None, [f"run.dir={tmp_path}", *sets]))
+        stage.options = argparse.Namespace(**{"first": None, "last": None, **options})
+        return stage.stages()
+
+    assert "edge_rl" not in stages([])
+    learned = stages(['segments.edge_score="rl_weight"'])
+    assert learned.index("agglomerate") < learned.index("edge_rl") < learned.index("segments")
+    assert stages([], last="edge_rl")[-2:] == ["agglomerate", "edge_rl"]

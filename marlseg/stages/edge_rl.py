@@ -222,7 +222,7 @@ class EdgeRlStage(Stage):
     # ------------------------------------------------------------------ inputs
     def _load_graph(self, rag: Any):
         """RAG + pooled features -> (RagGraph, node ids, edge u ids, edge v ids)."""
-        from marlseg.edge_rl import pool_fragment_features, shape_features
+        from marlseg.fragment_features import pool_fragment_features, shape_features
         from marlseg.priors import RagGraph
 
         cfg = self.config
