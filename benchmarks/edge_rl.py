@@ -1,25 +1,25 @@
 """Learned edge weights (``07``) against the ``merge_score`` they start from, on a volume the
 policy never saw.
 
-The chain, run with the workflow CLIs like a user would, with the shipped affinity network:
-
-1. **train volume** (``--train``, default ``data/fib25_tiny.h5``): ``01``-``03`` (affinities,
-   fragments, waterz ``merge_score``), then ``07`` per seed (no ground truth): the policy is
-   trained on this RAG only.
+1. **train volume** (``--train``, default ``data/fib25_tiny.h5``): ``01``-``03`` with the
+   shipped affinity network (the workflow CLIs, like a user), then ``07`` per seed (no ground
+   truth): the policy is trained on this RAG only, starting from ``merge_score``.
 2. **held-out volume** (``--heldout``, a CREMI-style HDF5 with ``volumes/raw`` and
    ``volumes/labels/neuron_ids``; ``--crop`` voxels from its origin): ``01``-``03``, then
    ``07`` with ``edge_rl.model`` set to the trained model: it only *applies* the policy and
-   writes ``rl_weight``; then ``04``-``06`` per edge score, every score partitioned by the same
-   partitioner (``segments.method``, default ``mutex``, the one ``07`` is rewarded for).
-3. Rows: ``merge_score`` (the copy-the-input baseline: the policy starts from it,
-   ``edge_rl.init_from``, and sees it as a feature), ``merge_score`` by thresholded connected
-   components (the chain's default), and ``rl_weight`` for each seed. The best VOI over
-   ``segments.thresholds`` is reported per row; for ``rl_weight``, mean +- std over seeds.
-   The threshold is chosen on the held-out volume's own labels for every row alike (the
-   "best VOI" a user with a small annotated crop would pick); no row sees those labels
-   otherwise.
+   writes ``rl_weight``; then ``04`` per edge score, every score partitioned by the same
+   partitioner (``--method``, default ``mutex``, the one ``07`` is rewarded for), and each
+   LUT applied to the fragments and scored against the labels in memory (what ``05`` and
+   ``06`` compute; the crop is small). ``07`` and ``04`` run in this process (one import of
+   torch instead of one per stage).
+3. Rows: ``merge_score`` under the same partitioner (the copy-the-input baseline: the policy
+   starts from it, ``edge_rl.init_from``, and reads it as a feature), ``merge_score`` by
+   thresholded connected components (the chain's default), and ``rl_weight`` per seed. The
+   best VOI over ``segments.thresholds`` is reported per row (the threshold a user with a
+   small annotated crop would pick, chosen alike for every row); for ``rl_weight`` mean +- std
+   over seeds. No row sees the held-out labels otherwise.
 
-    python benchmarks/edge_rl.py --heldout PATH/medulla_val.h5            # ~10-15 min
+    python benchmarks/edge_rl.py --heldout PATH/medulla_val.h5
     python benchmarks/edge_rl.py --heldout PATH/medulla_val.h5 --skip-chain  # reuse 01-03
     python benchmarks/edge_rl.py --docs          # regenerate docs/edge_rl.md from the JSON
 
@@ -127,20 +127,43 @@ def best_row(rows: list[dict]) -> dict:
     }
 
 
-def score(config: Path, sets: list[str], attr: str, method: str, timings: dict) -> dict:
-    """04-06 for one edge score; the best row and all rows."""
-    run_dir = Path(next(s for s in sets if s.startswith("run.dir=")).split("=", 1)[1])
-    s = [*sets, f"segments.edge_score={attr}", f"segments.method={method}"]
-    for script in ("04_find_segments", "05_extract_segmentation", "06_evaluate"):
-        key = f"{script}:{attr}:{method}"
-        timings[key] = timings.get(key, 0.0) + cli(
-            script, config, s, restart=script != "04_find_segments"
-        )
-    rows = json.loads((run_dir / "scores.json").read_text())
+def score(config: Path, sets: list[str], attr: str, method: str) -> dict:
+    """``04`` (its LUTs, in process) for one edge score, then every LUT applied to the
+    fragments and scored against the labels in memory (what 05 and 06 compute, without their
+    blockwise machinery: the crop is small)."""
+    from marlseg import metrics
+    from marlseg.config import load_config
+    from marlseg.stages.segments import SegmentsStage, apply_lut, load_lut
+    from marlseg.volumes import open_volume
+
+    cfg = load_config(config, [*sets, f"segments.edge_score={attr}", f"segments.method={method}"])
+    stage = SegmentsStage(cfg)
+    stage.check()
+    paths = stage.run()
+    frags = np.asarray(open_volume(cfg.fragments_ds)._source_data[:])
+    gt = np.asarray(open_volume(cfg.gt)._source_data[:])
+    rows = []
+    for t, path in sorted(paths.items()):
+        seg = apply_lut(frags, *load_lut(path))
+        s = metrics.evaluate(seg, gt, ignore_label=cfg.evaluate.ignore_label)
+        rows.append({"threshold": t, **{k: float(v) for k, v in s.items()}})
     return {"best": best_row(rows), "rows": rows}
 
 
+def learn(config: Path, sets: list[str], restart: bool) -> dict:
+    """``07`` in process; its summary."""
+    from marlseg.config import load_config
+    from marlseg.stages.edge_rl import EdgeRlStage
+
+    stage = EdgeRlStage(load_config(config, sets))
+    stage.check()
+    return stage.run(restart=restart)
+
+
 def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
     out = args.out.absolute()
     out.mkdir(parents=True, exist_ok=True)
     heldout_h5 = out / "heldout.h5"
@@ -150,48 +173,66 @@ def run(args: argparse.Namespace) -> dict:
         path.write_text(json.dumps(volume_config(f"edge_rl_{vol}", h5, out / vol, args.method)))
         configs[vol] = path
     timings: dict[str, float] = {}
+
+    def timed(key: str, fn, *a):
+        t0 = time.perf_counter()
+        result = fn(*a)
+        timings[key] = round(time.perf_counter() - t0, 1)
+        print(f"  {key}: {timings[key]} s", flush=True)
+        return result
+
     if not args.skip_chain:
         write_crop(args.heldout, heldout_h5, args.crop)
         for vol in ("train", "heldout"):
             if (out / vol).exists():
                 shutil.rmtree(out / vol)
             for script in ("01_predict", "02_extract_fragments", "03_agglomerate"):
-                print(f"{vol}: {script} ...", flush=True)
-                timings[f"{script}:{vol}"] = cli(script, configs[vol], [f"run.dir={out / vol}"])
+                timed(f"{script}:{vol}", cli, script, configs[vol], [f"run.dir={out / vol}"])
     held_sets = [f"run.dir={out / 'heldout'}"]
     rows: dict[str, dict] = {}
     for method in ("threshold", args.method):
-        print(f"heldout: merge_score ({method}) ...", flush=True)
-        rows[f"merge_score:{method}"] = score(
-            configs["heldout"], held_sets, "merge_score", method, timings
+        rows[f"merge_score:{method}"] = timed(
+            f"04-06:merge_score:{method}",
+            score,
+            configs["heldout"],
+            held_sets,
+            "merge_score",
+            method,
         )
     seeds = {}
+    iters = [f"edge_rl.iterations={args.iterations}"] if args.iterations else []
     for seed in args.seeds:
-        sets = [f"run.dir={out / 'train'}", f"edge_rl.seed={seed}"]
-        if args.iterations:
-            sets.append(f"edge_rl.iterations={args.iterations}")
-        print(f"train: 07 seed {seed} ...", flush=True)
-        timings[f"07_train:{seed}"] = cli("07_learn_edge_weights", configs["train"], sets, True)
+        sets = [f"run.dir={out / 'train'}", f"edge_rl.seed={seed}", *iters]
+        trained = timed(f"07_train:{seed}", learn, configs["train"], sets, True)
         model = out / f"model_{seed}.pt"
         shutil.copy(out / "train" / "edge_rl" / "model.pt", model)
-        train_summary = json.loads((out / "train" / "edge_rl" / "summary.json").read_text())
-        print(f"heldout: 07 apply seed {seed}, 04-06 ...", flush=True)
-        apply_sets = [*held_sets, f"edge_rl.model={model}", f"edge_rl.seed={seed}"]
-        timings[f"07_apply:{seed}"] = cli("07_learn_edge_weights", configs["heldout"], apply_sets)
-        res = score(configs["heldout"], apply_sets, "rl_weight", args.method, timings)
+        apply_sets = [*held_sets, f"edge_rl.model={model}", f"edge_rl.seed={seed}", *iters]
+        applied = timed(f"07_apply:{seed}", learn, configs["heldout"], apply_sets, False)
+        res = timed(
+            f"04-06:rl_weight:{seed}",
+            score,
+            configs["heldout"],
+            apply_sets,
+            "rl_weight",
+            args.method,
+        )
         seeds[str(seed)] = {
             **res,
-            "train_fragments": train_summary["fragments"],
-            "train_best_reward": train_summary["best_reward"],
+            "train_fragments": trained["fragments"],
+            "train_best_reward": trained["best_reward"],
+            "train_best_iteration": trained["best_iteration"],
+            "heldout_reward": applied["final_reward"],
+            "heldout_fragments": applied["fragments"],
+            "heldout_edges": applied["edges"],
         }
     vois = np.array([s["best"]["voi"] for s in seeds.values()])
     arands = np.array([s["best"]["arand"] for s in seeds.values()])
-    held = json.loads((out / "heldout" / "edge_rl" / "summary.json").read_text())
+    first = next(iter(seeds.values()))
     return {
         "train": str(args.train.name),
         "heldout": f"{args.heldout.name} [:{args.crop[0]}, :{args.crop[1]}, :{args.crop[2]}]",
-        "heldout_fragments": held["fragments"],
-        "heldout_edges": held["edges"],
+        "heldout_fragments": first["heldout_fragments"],
+        "heldout_edges": first["heldout_edges"],
         "method": args.method,
         "edge_rl": EDGE_RL | ({"iterations": args.iterations} if args.iterations else {}),
         "baselines": rows,
@@ -202,7 +243,7 @@ def run(args: argparse.Namespace) -> dict:
             "arand_mean": float(arands.mean()),
             "arand_std": float(arands.std()),
         },
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "timings_s": timings,
     }
 
 

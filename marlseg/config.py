@@ -598,6 +598,7 @@ class ThicknessPriorConfig(Section):
     axis) at most ``max_nm`` (reward falls linearly to 0 at twice that)."""
 
     max_nm: float = Field(200.0, gt=0)
+    """Largest plausible neurite radius, nm."""
     min_um3: float = Field(0.0, ge=0)
     """Objects below this volume (µm³) are not judged."""
     weight: float = Field(1.0, ge=0)
@@ -619,10 +620,13 @@ class BlobPriorConfig(Section):
     """A compact, mitochondrion-sized object enclosed by one large body belongs to it."""
 
     min_um3: float = Field(0.0005, ge=0)
+    """Smallest blob, µm³."""
     max_um3: float = Field(0.02, gt=0)
+    """Largest blob, µm³."""
     max_ratio: float = Field(1.6, gt=1)
     """Principal axis ratio below which an object is compact."""
     body_um3: float = Field(0.05, gt=0)
+    """Objects above this volume (µm³) are large bodies."""
     reward: Unit = 0.0
     """Reward of such a blob as an object of its own."""
     weight: float = Field(1.0, ge=0)
