@@ -117,14 +117,10 @@ def write_crop(src: Path, dst: Path, crop: list[int]) -> None:
 
 
 def best_row(rows: list[dict]) -> dict:
+    """The row of the lowest VOI (one threshold for all its numbers)."""
     b = min(rows, key=lambda r: r["voi_split"] + r["voi_merge"])
-    return {
-        "threshold": b["threshold"],
-        "voi": b["voi_split"] + b["voi_merge"],
-        "voi_split": b["voi_split"],
-        "voi_merge": b["voi_merge"],
-        "arand": b["arand"],
-    }
+    keys = ("threshold", "voi_split", "voi_merge", "arand")
+    return {"voi": b["voi_split"] + b["voi_merge"], **{k: b[k] for k in keys}}
 
 
 def score(config: Path, sets: list[str], attr: str, method: str) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 
 from marlseg.priors import Objects, Prior
 
-__all__ = ["ThicknessPrior", "BridgePrior", "BlobPrior", "neighbour_pairs"]
+__all__ = ["ThicknessPrior", "BridgePrior", "BlobPrior", "neighbour_pairs", "neighbour_counts"]
 
 
 def neighbour_pairs(objects: Objects) -> np.ndarray:
@@ -37,6 +37,16 @@ def neighbour_pairs(objects: Objects) -> np.ndarray:
         [np.stack([a[cut], b[cut]], 1), np.stack([b[cut], a[cut]], 1)], axis=0
     ).reshape(-1, 2)
     return np.unique(pairs, axis=0) if len(pairs) else pairs
+
+
+def neighbour_counts(objects: Objects, body_um3: float) -> tuple[np.ndarray, np.ndarray]:
+    """(K,) neighbours of each object, and how many of them are larger than ``body_um3``."""
+    pairs = neighbour_pairs(objects)
+    big = objects.volumes_um3[pairs[:, 1]] > body_um3
+    return (
+        np.bincount(pairs[:, 0], minlength=objects.count),
+        np.bincount(pairs[big, 0], minlength=objects.count),
+    )
 
 
 def _principal_variances(objects: Objects) -> np.ndarray:
@@ -61,43 +71,40 @@ class ThicknessPrior(Prior):
 
 
 @dataclass
-class BridgePrior(Prior):
-    """Small objects touching ``>= 2`` large bodies earn ``reward``; all others 1."""
+class _NeighbourPrior(Prior):
+    """A prior on an object and the large bodies around it; such objects earn ``reward``."""
 
-    max_um3: float = 0.005
     body_um3: float = 0.05
     reward: float = 0.0
     weight: float = 1.0
+
+
+@dataclass
+class BridgePrior(_NeighbourPrior):
+    """Small objects touching ``>= 2`` large bodies earn ``reward``; all others 1."""
+
+    max_um3: float = 0.005
     name: ClassVar[str] = "bridge"
 
     def object_rewards(self, objects: Objects) -> np.ndarray:
-        vol = objects.volumes_um3
-        pairs = neighbour_pairs(objects)
-        big = vol[pairs[:, 1]] > self.body_um3
-        bodies = np.bincount(pairs[big, 0], minlength=objects.count)
-        bridge = (vol < self.max_um3) & (bodies >= 2)
+        _, bodies = neighbour_counts(objects, self.body_um3)
+        bridge = (objects.volumes_um3 < self.max_um3) & (bodies >= 2)
         return np.where(bridge, self.reward, 1.0)
 
 
 @dataclass
-class BlobPrior(Prior):
+class BlobPrior(_NeighbourPrior):
     """Compact objects of ``min_um3``..``max_um3`` inside the volume whose only neighbour is
     one large body (``> body_um3``) earn ``reward``; all others 1."""
 
     min_um3: float = 0.0005
     max_um3: float = 0.02
     max_ratio: float = 1.6
-    body_um3: float = 0.05
-    reward: float = 0.0
-    weight: float = 1.0
     name: ClassVar[str] = "blob"
 
     def object_rewards(self, objects: Objects) -> np.ndarray:
         vol = objects.volumes_um3
-        pairs = neighbour_pairs(objects)
-        n_nbrs = np.bincount(pairs[:, 0], minlength=objects.count)
-        big = vol[pairs[:, 1]] > self.body_um3
-        n_big = np.bincount(pairs[big, 0], minlength=objects.count)
+        n_nbrs, n_big = neighbour_counts(objects, self.body_um3)
         compact = objects.axis_ratio < self.max_ratio
         blob = (
             compact

@@ -47,19 +47,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from marlseg.context_priors import BlobPrior, BridgePrior, ThicknessPrior
 from marlseg.networks.gnn import GnnActor, GnnCritic
 from marlseg.partition import partition
-from marlseg.priors import (
-    CompositePrior,
-    ElongationPrior,
-    MembranePrior,
-    Objects,
-    Prior,
-    RagGraph,
-    SizePrior,
-    TinySegmentsPrior,
-)
+from marlseg.priors import CompositePrior, Objects, RagGraph, build_priors
 from marlseg.subgraphs import subgraph_sets
 
 if TYPE_CHECKING:
@@ -169,30 +159,14 @@ def bfs_crops(
 
 
 def priors_from_config(spec: EdgeRlPriors) -> CompositePrior:
-    """The ``edge_rl.priors`` config section as a :class:`CompositePrior`."""
-    priors: list[Prior] = []
-    if spec.size is not None:
-        c = spec.size
-        priors.append(SizePrior(c.min_um3, c.max_um3, c.softness, c.weight))
-    if spec.elongation is not None:
-        c = spec.elongation
-        priors.append(ElongationPrior(c.min_ratio, c.min_um3, c.weight))
-    if spec.membrane is not None:
-        c = spec.membrane
-        priors.append(MembranePrior(c.merge_above, c.split_below, c.level, c.weight))
-    if spec.tiny is not None:
-        c = spec.tiny
-        priors.append(TinySegmentsPrior(c.max_um3, c.max_count, c.weight))
-    if spec.thickness is not None:
-        c = spec.thickness
-        priors.append(ThicknessPrior(c.max_nm, c.min_um3, c.weight))
-    if spec.bridge is not None:
-        c = spec.bridge
-        priors.append(BridgePrior(c.max_um3, c.body_um3, c.reward, c.weight))
-    if spec.blob is not None:
-        c = spec.blob
-        priors.append(BlobPrior(c.min_um3, c.max_um3, c.max_ratio, c.body_um3, c.reward, c.weight))
-    return CompositePrior(priors)
+    """The ``edge_rl.priors`` config section as a :class:`CompositePrior` (each section's
+    fields are its prior's arguments; ``membrane.evidence`` is read by the stage)."""
+    return build_priors(
+        {
+            name: None if c is None else c.model_dump(exclude={"evidence"})
+            for name, c in ((k, getattr(spec, k)) for k in type(spec).model_fields)
+        }
+    )
 
 
 # --------------------------------------------------------------------------- trainer
