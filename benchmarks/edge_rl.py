@@ -9,8 +9,8 @@ policy never saw.
    ``07`` with ``edge_rl.model`` set to the trained model: it only *applies* the policy and
    writes ``rl_weight``; then ``04`` per edge score, every score partitioned by the same
    partitioner (``--method``, default ``mutex``, the one ``07`` is rewarded for), and each
-   LUT applied to the fragments and scored against the labels in memory (what ``05`` and
-   ``06`` compute; the crop is small). ``07`` and ``04`` run in this process (one import of
+   LUT's segmentation scored from the fragments' contingency table relabelled through the
+   LUT (the numbers ``05`` and ``06`` compute, without writing the segmentation). ``07`` and ``04`` run in this process (one import of
    torch instead of one per stage).
 3. Rows: ``merge_score`` under the same partitioner (the copy-the-input baseline: the policy
    starts from it, ``edge_rl.init_from``, and reads it as a feature), ``merge_score`` by
@@ -123,25 +123,40 @@ def best_row(rows: list[dict]) -> dict:
     return {"voi": b["voi_split"] + b["voi_merge"], **{k: b[k] for k in keys}}
 
 
+_TABLES: dict[Path, object] = {}
+
+
+def fragment_table(cfg):
+    """The contingency table of the fragments against the labels (once per volume): a LUT
+    relabels its rows, and the scores of the relabelled table are those of the segmentation
+    (``marlseg.metrics.scores``), without writing or reading one."""
+    from marlseg import metrics
+    from marlseg.volumes import open_volume
+
+    key = Path(cfg.run.dir)
+    if key not in _TABLES:
+        frags = np.asarray(open_volume(cfg.fragments_ds)._source_data[:])
+        gt = np.asarray(open_volume(cfg.gt)._source_data[:])
+        _TABLES[key] = metrics.contingency(frags, gt, cfg.evaluate.ignore_label)
+    return _TABLES[key]
+
+
 def score(config: Path, sets: list[str], attr: str, method: str) -> dict:
-    """``04`` (its LUTs, in process) for one edge score, then every LUT applied to the
-    fragments and scored against the labels in memory (what 05 and 06 compute, without their
-    blockwise machinery: the crop is small)."""
+    """``04`` (its LUTs, in process) for one edge score, then VOI/ARAND of each LUT's
+    segmentation (what ``05`` and ``06`` compute, from the fragments' contingency table)."""
     from marlseg import metrics
     from marlseg.config import load_config
     from marlseg.stages.segments import SegmentsStage, apply_lut, load_lut
-    from marlseg.volumes import open_volume
 
     cfg = load_config(config, [*sets, f"segments.edge_score={attr}", f"segments.method={method}"])
     stage = SegmentsStage(cfg)
     stage.check()
     paths = stage.run()
-    frags = np.asarray(open_volume(cfg.fragments_ds)._source_data[:])
-    gt = np.asarray(open_volume(cfg.gt)._source_data[:])
+    table = fragment_table(cfg)
     rows = []
     for t, path in sorted(paths.items()):
-        seg = apply_lut(frags, *load_lut(path))
-        s = metrics.evaluate(seg, gt, ignore_label=cfg.evaluate.ignore_label)
+        seg = apply_lut(table.seg, *load_lut(path))
+        s = metrics.scores(metrics.Table(seg, table.gt, table.count))
         rows.append({"threshold": t, **{k: float(v) for k, v in s.items()}})
     return {"best": best_row(rows), "rows": rows}
 
@@ -272,6 +287,18 @@ def table(report: dict) -> str:
             f"({b['voi_split']:.3f}, {b['voi_merge']:.3f}) | {b['arand']:.3f} | "
             f"{b['threshold']:.1f} |"
         )
+    base = report["baselines"][f"merge_score:{report['method']}"]["best"]["voi"]
+    better = rl["voi_mean"] + rl["voi_std"] < base
+    worse = rl["voi_mean"] - rl["voi_std"] > base
+    verdict = "lower than" if better else "higher than" if worse else "within one std of"
+    lines += [
+        "",
+        f"Held out: {report['heldout']} ({report['heldout_fragments']} fragments, "
+        f"{report['heldout_edges']} edges); trained on {report['train']}, "
+        f"{report['edge_rl']['iterations']} iterations per seed. The best VOI of `rl_weight` "
+        f"({rl['voi_mean']:.3f} +- {rl['voi_std']:.3f}) is {verdict} that of the "
+        f"`merge_score` it starts from under the same partitioner ({base:.3f}).",
+    ]
     return "\n".join(lines)
 
 
