@@ -6,7 +6,9 @@ checks its own inputs right before it runs, so a chain interrupted anywhere resu
 stopped when the same command is run again: finished stages skip all their blocks.
 
 Prediction is left out when the fragments read something other than the predicted
-affinities (``fragments.boundary`` or an explicit ``fragments.affs``).
+affinities (``fragments.boundary`` or an explicit ``fragments.affs``). ``edge_rl`` (07) runs
+between agglomerate and segments when ``segments.edge_score`` is its ``edge_rl.weight_attr``
+(or with ``--to edge_rl`` / ``--from edge_rl``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class ChainStage(Stage):
             names.remove("predict")
         first = getattr(self.options, "first", None)
         last = getattr(self.options, "last", None)
+        asked = "edge_rl" in (first, last)
+        if self.config.segments.edge_score != self.config.edge_rl.weight_attr and not asked:
+            names.remove("edge_rl")  # 07 runs in the chain when 04 reads what it writes
         if first:
             if first not in names:
                 raise ConfigError(

@@ -291,6 +291,12 @@ class SegmentsConfig(Section):
     """Merge thresholds: fragments joined by edges with score <= threshold form one segment."""
     edge_score: str = "merge_score"
     """Edge attribute to threshold: ``merge_score`` (waterz) or ``rl_weight`` (07)."""
+    method: Literal["threshold", "mutex"] | None = None
+    """How edges make segments: ``threshold`` (connected components of edges with score
+    <= t, streamed) or ``mutex`` (graph mutex watershed: scores below t attract, above t
+    repel, strongest first; holds all edges). ``null``: ``edge_rl.partitioner`` when
+    ``edge_score`` is ``edge_rl.weight_attr`` (the partition 07 was rewarded for), else
+    ``threshold``."""
 
 
 class ExtractConfig(_StageSection):
@@ -610,19 +616,62 @@ class TinyPriorConfig(Section):
     weight: float = Field(1.0, ge=0)
 
 
+class ThicknessPriorConfig(Section):
+    """Neurites are thin: radius across the long axis (2 x the std along the second principal
+    axis) at most ``max_nm`` (reward falls linearly to 0 at twice that)."""
+
+    max_nm: float = Field(200.0, gt=0)
+    """Largest plausible neurite radius, nm."""
+    min_um3: float = Field(0.0, ge=0)
+    """Objects below this volume (µm³) are not judged."""
+    weight: float = Field(1.0, ge=0)
+
+
+class BridgePriorConfig(Section):
+    """A small object between two or more large bodies is part of one of them."""
+
+    max_um3: float = Field(0.005, gt=0)
+    """Objects below this volume (µm³) are small."""
+    body_um3: float = Field(0.05, gt=0)
+    """Objects above this volume (µm³) are large bodies."""
+    reward: Unit = 0.0
+    """Reward of a small object touching two or more bodies."""
+    weight: float = Field(1.0, ge=0)
+
+
+class BlobPriorConfig(Section):
+    """A compact, mitochondrion-sized object enclosed by one large body belongs to it."""
+
+    min_um3: float = Field(0.0005, ge=0)
+    """Smallest blob, µm³."""
+    max_um3: float = Field(0.02, gt=0)
+    """Largest blob, µm³."""
+    max_ratio: float = Field(1.6, gt=1)
+    """Principal axis ratio below which an object is compact."""
+    body_um3: float = Field(0.05, gt=0)
+    """Objects above this volume (µm³) are large bodies."""
+    reward: Unit = 0.0
+    """Reward of such a blob as an object of its own."""
+    weight: float = Field(1.0, ge=0)
+
+
 class EdgeRlPriors(Section):
-    """The object-level priors that make the reward (``null`` disables one)."""
+    """The priors that make the reward (``null`` disables one). ``membrane`` is off by default:
+    its evidence is an input of the policy (``merge_score``, contacts), so it would reward the
+    policy for copying its input; the others judge object size and shape, which no edge
+    feature carries."""
 
     size: SizePriorConfig | None = SizePriorConfig()
     elongation: ElongationPriorConfig | None = ElongationPriorConfig()
-    membrane: MembranePriorConfig | None = MembranePriorConfig()
+    membrane: MembranePriorConfig | None = None
     tiny: TinyPriorConfig | None = TinyPriorConfig()
+    thickness: ThicknessPriorConfig | None = ThicknessPriorConfig()
+    bridge: BridgePriorConfig | None = BridgePriorConfig()
+    blob: BlobPriorConfig | None = BlobPriorConfig()
 
     @model_validator(mode="after")
     def _one(self) -> EdgeRlPriors:
-        if not any(
-            getattr(self, k) is not None for k in ("size", "elongation", "membrane", "tiny")
-        ):
+        if not any(getattr(self, k) is not None for k in type(self).model_fields):
             raise ValueError("at least one prior must be enabled")
         return self
 
@@ -714,6 +763,23 @@ class EdgeRlConfig(Section):
     slab_sections: PosInt = 32
     """z-sections per slab when pooling features from the volumes (memory: one slab)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: Path | None = None
+    """A model trained by 07 on another RAG (its ``edge_rl/model.pt``): apply it to this
+    RAG's edges without training (the features, networks and ``init_from`` must match)."""
+
+    @model_validator(mode="after")
+    def _evidence_is_not_an_input(self) -> EdgeRlConfig:
+        # a prior whose evidence the policy reads rewards copying the input
+        m = self.priors.membrane
+        if m is None:
+            return self
+        inputs = set(self.edge_features) | ({self.init_from} if self.init_from else set())
+        if m.evidence in inputs:
+            raise ValueError(
+                f"priors.membrane.evidence {m.evidence!r} is also an input of the policy "
+                "(edge_features / init_from): the reward would pay for copying it; drop one"
+            )
+        return self
 
     @field_validator("subgraph_sizes")
     @classmethod

@@ -4,8 +4,9 @@ Weights follow the RAG convention of ``merge_score``: in ``[0, 1]``, **low = mer
 split (a boundary probability). Two partitioners:
 
 - ``mutex``: graph mutex watershed (Wolf et al. 2018) from ``mwatershed`` (``mwatershed.
-  cluster``, Rust, installed with marlseg). An edge is attractive when its weight is below 0.5
-  and repulsive above; edges are processed by decreasing ``|0.5 - w|``, an attractive edge
+  cluster``, Rust, installed with marlseg). An edge is attractive when its weight is below the
+  threshold (0.5 by default) and repulsive above; edges are processed by decreasing
+  ``|threshold - w|``, an attractive edge
   merges its two clusters unless a repulsive edge already separates them, a repulsive edge
   adds such a mutex constraint. It solves a multicut-like objective greedily without a
   threshold, like the multicut solver of the reference method (we have no maintained
@@ -15,6 +16,8 @@ split (a boundary probability). Two partitioners:
   segmentation that the workflow will produce from ``rl_weight`` at that threshold.
 
 Both return labels ``0..K-1`` per node (isolated nodes are their own object).
+``04_find_segments.py`` offers both (``segments.method``), so the segmentation built from a
+learned weight is the one the policy was rewarded for (:mod:`marlseg.segment_methods`).
 """
 
 from __future__ import annotations
@@ -46,14 +49,17 @@ def threshold_partition(n_nodes: int, edges: np.ndarray, weights: np.ndarray, th
     return connected_components(a, directed=False)[1].astype(np.int64)
 
 
-def mutex_partition(n_nodes: int, edges: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Graph mutex watershed with ``0.5 - w`` as signed attraction (mwatershed)."""
+def mutex_partition(
+    n_nodes: int, edges: np.ndarray, weights: np.ndarray, threshold: float = 0.5
+) -> np.ndarray:
+    """Graph mutex watershed with ``threshold - w`` as signed attraction (mwatershed): edges
+    below ``threshold`` attract, edges above repel, stronger ones first."""
     edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
     weights = np.asarray(weights, dtype=np.float64)
     labels = np.arange(n_nodes, dtype=np.int64)
     if len(edges) == 0:
         return labels
-    attraction = 0.5 - weights
+    attraction = threshold - weights
     # stable sort by decreasing |attraction| (ties in edge order, so results are reproducible)
     order = np.argsort(-np.abs(attraction), kind="stable")
     ordered = list(
@@ -77,7 +83,7 @@ def partition(
 ) -> np.ndarray:
     """Object label ``0..K-1`` per node for the given edge weights (low = merge)."""
     if method == "mutex":
-        return mutex_partition(n_nodes, edges, weights)
+        return mutex_partition(n_nodes, edges, weights, threshold)
     if method == "threshold":
         return relabel_consecutive(threshold_partition(n_nodes, edges, weights, threshold))
     raise ValueError(f"unknown partitioner {method!r}: use 'mutex' or 'threshold'")

@@ -25,6 +25,9 @@ Object rewards become edge rewards by the larger reward of an edge's two objects
 - ``tiny``: a limited count of tiny segments: when more than ``max_count`` objects are smaller
   than ``max_um3``, each of them gets ``max_count / count``.
 
+Priors on thickness and on an object's neighbours (``thickness``, ``bridge``, ``blob``) are in
+:mod:`marlseg.context_priors`.
+
 :class:`CompositePrior` is their weighted mean. Sub-graph rewards (means of edge rewards) are the
 environment's business (:mod:`marlseg.edge_rl`).
 """
@@ -425,11 +428,14 @@ arguments."""
 def build_priors(spec: dict[str, dict[str, Any] | None]) -> CompositePrior:
     """``{"size": {"min_um3": ..}, "membrane": {...}, ...}`` -> a :class:`CompositePrior`
     (``None`` entries are disabled)."""
+    from marlseg.context_priors import BlobPrior, BridgePrior, ThicknessPrior
+
+    known = PRIORS | {p.name: p for p in (ThicknessPrior, BridgePrior, BlobPrior)}
     priors = []
     for name, kwargs in spec.items():
         if kwargs is None:
             continue
-        if name not in PRIORS:
-            raise ValueError(f"unknown prior {name!r}; known: {', '.join(PRIORS)}")
-        priors.append(PRIORS[name](**kwargs))
+        if name not in known:
+            raise ValueError(f"unknown prior {name!r}; known: {', '.join(known)}")
+        priors.append(known[name](**kwargs))
     return CompositePrior(priors)

@@ -13,8 +13,9 @@ import torch
 from skimage.metrics import variation_of_information
 
 from marlseg.config import Config, EdgeRlConfig, load_config
-from marlseg.edge_rl import EdgeRlEnv, EdgeRlTrainer, bfs_crops, pool_fragment_features
+from marlseg.edge_rl import EdgeRlEnv, EdgeRlTrainer, bfs_crops
 from marlseg.errors import ConfigError
+from marlseg.fragment_features import pool_fragment_features
 from marlseg.networks.gnn import GnnActor, GnnCritic, SigmoidNormal
 from marlseg.partition import mutex_partition, partition, threshold_partition
 from marlseg.priors import (
@@ -597,21 +598,51 @@ def test_stage_round_trip_rl_weight_in_mongodb(tmp_path, mongo_uri):
     second = dict(zip(zip(got2["u"].tolist(), got2["v"].tolist()), got2["rl_weight"].tolist()))
     assert second == pytest.approx(first)
 
+    # a model trained elsewhere is applied without training (edge_rl.model)
+    import shutil
+
+    shutil.copy(out / "model.pt", tmp_path / "elsewhere.pt")
+    applied = _stage_config(tmp_path, refs, mongo_uri, name, model=str(tmp_path / "elsewhere.pt"))
+    EdgeRlStage(applied).check()
+    assert EdgeRlStage(applied).run()["reused_model"]
+    db = MongoDbGraphDatabase(mongo_uri, name, mode="r")
+    got3 = db.read_edges_for_nodes(ids, attrs=["rl_weight"])
+    db.close()
+    third = dict(zip(zip(got3["u"].tolist(), got3["v"].tolist()), got3["rl_weight"].tolist()))
+    assert third == pytest.approx(first)
+    missing = _stage_config(tmp_path, refs, mongo_uri, name, model=str(tmp_path / "no.pt"))
+    with pytest.raises(ConfigError, match="^edge_rl.model: no model"):
+        EdgeRlStage(missing).check()
+
     # other settings without --restart are refused in one line; --restart retrains
     changed = _stage_config(tmp_path, refs, mongo_uri, name, seed=3)
     with pytest.raises(ConfigError, match="--restart"):
         EdgeRlStage(changed).run()
     assert not EdgeRlStage(changed).run(restart=True)["reused_model"]
 
-    # 04 thresholds the learned weight like merge_score
+    # 04 on rl_weight gives, at t = edge_rl.partition_threshold, exactly the partition the
+    # policy was rewarded for (the training env's partitioner on the weights in the database)
+    from marlseg.partition import partition
     from marlseg.stages.segments import SegmentsStage, load_lut
+
+    db = MongoDbGraphDatabase(mongo_uri, name, mode="r")
+    got = db.read_edges_for_nodes(ids, attrs=["rl_weight", "merge_score"])
+    db.close()
+    edges = np.stack([np.searchsorted(ids, got["u"]), np.searchsorted(ids, got["v"])], 1)
+
+    def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+        return len(np.unique(np.stack([a, b], 1), axis=0)) == len(np.unique(a)) == len(np.unique(b))
 
     seg_cfg = cfg.model_copy(
         update={"segments": cfg.segments.model_copy(update={"edge_score": "rl_weight"})}
     )
     paths = SegmentsStage(seg_cfg).run()
     frag_ids, seg_ids = load_lut(paths[0.5])
-    assert len(frag_ids) == 16 and "rl_weight" in paths[0.5].name
+    assert np.array_equal(frag_ids, ids) and "rl_weight" in paths[0.5].name
+    trained_on = partition(16, edges, got["rl_weight"], cfg.edge_rl.partitioner, 0.5)
+    assert same_partition(seg_ids, trained_on)
+    # ... and not the one of merge_score (so a 04 that ignored rl_weight would fail above)
+    assert not same_partition(trained_on, partition(16, edges, got["merge_score"], "mutex", 0.5))
 
 
 def test_stage_check_errors(tmp_path):
@@ -631,7 +662,10 @@ def test_stage_check_errors(tmp_path):
     with pytest.raises(ConfigError, match="edge_rl.priors"):
         load_config(
             None,
-            ['edge_rl.priors={"size": null, "elongation": null, "membrane": null, "tiny": null}'],
+            [
+                'edge_rl.priors={"size": null, "elongation": null, "membrane": null, '
+                '"tiny": null, "thickness": null, "bridge": null, "blob": null}'
+            ],
         )
     with pytest.raises(ConfigError, match="edge_rl.priors.membrane.level"):
         load_config(None, ['edge_rl.priors.membrane={"level": "voxel"}'])

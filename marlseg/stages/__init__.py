@@ -26,8 +26,9 @@ STAGES: dict[str, str] = {
     "tune": "marlseg.tune:TuneStage",
 }
 
-CHAIN = ["predict", "fragments", "agglomerate", "segments", "extract", "evaluate"]
-"""What ``workflows/run.py`` runs, in order."""
+CHAIN = ["predict", "fragments", "agglomerate", "edge_rl", "segments", "extract", "evaluate"]
+"""What ``workflows/run.py`` runs, in order (``edge_rl`` only when ``segments.edge_score`` is
+the learned weight)."""
 
 
 def get_stage(name: str) -> type[Stage]:

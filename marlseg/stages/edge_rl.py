@@ -7,13 +7,18 @@ writes the learned weight of every edge as the edge attribute ``edge_rl.weight_a
 (``rl_weight``).
 
 Convention: like ``merge_score``, **low = merge**: a weight is the probability that the edge
-is a boundary. ``04_find_segments.py`` with ``segments.edge_score: rl_weight`` thresholds it
-exactly as it thresholds ``merge_score`` (fragments joined by edges ``<= t``).
+is a boundary. ``04_find_segments.py`` with ``segments.edge_score: rl_weight`` partitions it
+with the partitioner it was rewarded for (``edge_rl.partitioner``, ``segments.method: null``;
+:mod:`marlseg.segment_methods`): at ``t = edge_rl.partition_threshold`` its LUT is the very
+partition the policy's reward was computed on.
 
 Outputs under ``run.dir/edge_rl/``: ``model.pt`` (the best actor and critic, by the reward of
 their deterministic weights), ``history.json``, ``rewards.png`` (reward curves, losses,
 temperature) and ``summary.json``. Re-running with the same ``edge_rl`` settings reuses
 ``model.pt`` (only predicting and writing the weights again); ``--restart`` trains afresh.
+With ``edge_rl.model`` set, nothing is trained: that model (trained by 07 on another RAG) is
+applied to this RAG's edges. Features are standardised per RAG (no labels needed), so a model
+carries over to a volume of other contrast.
 
 Memory: the graph, its features and the networks are held in memory (tens of bytes per node
 and edge plus the GNN activations: fine to ~10^6 edges on one machine; set
@@ -120,6 +125,8 @@ class EdgeRlStage(Stage):
                 raise ConfigError(
                     field, f"voxel size {list(b.voxel_size)} differs from the fragments' {vs}"
                 )
+        if e.model is not None and not Path(e.model).is_file():
+            raise ConfigError("edge_rl.model", f"no model at {e.model}")
         if e.device == "cuda":
             import torch
 
@@ -152,7 +159,11 @@ class EdgeRlStage(Stage):
                 priors = priors_from_config(e.priors)
                 trainer = EdgeRlTrainer(graph, priors, e, device=device)
                 reused = False
-                if model_path.exists() and not restart:
+                if e.model is not None:
+                    _apply(trainer, e.model)
+                    reused = True
+                    print(f"edge_rl: applying {e.model} (trained on another RAG)")
+                elif model_path.exists() and not restart:
                     saved = torch.load(model_path, map_location="cpu", weights_only=False)
                     if saved.get("settings") != settings:
                         raise ConfigError(
@@ -211,7 +222,7 @@ class EdgeRlStage(Stage):
     # ------------------------------------------------------------------ inputs
     def _load_graph(self, rag: Any):
         """RAG + pooled features -> (RagGraph, node ids, edge u ids, edge v ids)."""
-        from marlseg.edge_rl import pool_fragment_features, shape_features
+        from marlseg.fragment_features import pool_fragment_features, shape_features
         from marlseg.priors import RagGraph
 
         cfg = self.config
@@ -306,6 +317,19 @@ class EdgeRlStage(Stage):
         if e.init_from is not None:
             graph.base_weights = np.clip(np.nan_to_num(edge_attrs[e.init_from], nan=0.5), 0, 1)
         return graph, node_ids, u_ids, v_ids
+
+
+def _apply(trainer: Any, path: Path) -> None:
+    """Load a model trained elsewhere into ``trainer`` (same features and networks)."""
+    try:
+        trainer.load(path)
+    except (RuntimeError, KeyError) as err:  # a state dict of other shapes
+        first = str(err).strip().splitlines()[0]
+        raise ConfigError(
+            "edge_rl.model",
+            f"{path} does not fit these edge_rl settings (features, hidden, layers, "
+            f"subgraph_sizes must match its training): {first}",
+        ) from None
 
 
 def _progress(total: int):

@@ -42,6 +42,7 @@ from scipy.sparse.csgraph import connected_components
 from marlseg.config import Config
 from marlseg.errors import ConfigError, MarlsegError
 from marlseg.labels import unique_inverse
+from marlseg.segment_methods import mutex_luts, segments_method
 from marlseg.stage import Stage
 
 BATCH = 100_000
@@ -215,6 +216,7 @@ class SegmentsStage(Stage):
 
         if not self.config.segments.thresholds:
             raise ConfigError("segments.thresholds", "at least one threshold is needed")
+        segments_method(self.config)
         check_graph_db(self.config)
 
     def run(self, restart: bool = False) -> dict[float, Path]:
@@ -245,8 +247,12 @@ class SegmentsStage(Stage):
                         n_scored += int(np.count_nonzero(~np.isnan(score)))
                         yield u, v, np.nan_to_num(score, nan=np.inf)
 
+                method = segments_method(cfg)
                 try:
-                    luts = connected_luts(node_ids, batches(), cfg.segments.thresholds)
+                    if method == "mutex":
+                        luts = mutex_luts(node_ids, batches(), cfg.segments.thresholds)
+                    else:
+                        luts = connected_luts(node_ids, batches(), cfg.segments.thresholds)
                 except KeyError as e:  # an edge to a fragment without a node
                     raise MarlsegError(
                         "db",
@@ -269,6 +275,7 @@ class SegmentsStage(Stage):
             rows.append((t, int(np.unique(seg).size)))
         wall = time.perf_counter() - t0
         print(f"\nsegments: {node_ids.size} fragments, {n_edges} edges ({attr}), {wall:.1f} s")
+        print(f"  partitioned by {method}")
         print(f"  {'threshold':>9}  {'segments':>9}")
         for t, n in rows:
             print(f"  {t:>9.3f}  {n:>9}")
