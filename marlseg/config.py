@@ -79,8 +79,10 @@ class DbConfig(Section):
     uri: str | None = None
     """MongoDB URI (``mongodb://user:pass@host:27017``). ``null``: the environment variable
     ``MARLSEG_MONGODB_URI`` if set, else an embedded server with its data under ``run.dir/db``."""
-    name: str = "marlseg"
-    """Database name; one RAG per database."""
+    name: str | None = None
+    """Database name; one RAG per database, owned by the run that created it (another run
+    is refused). ``null``: ``marlseg_<run.dir name>_<8 hex of its absolute path>``, one
+    database per run dir."""
     bind: str = "127.0.0.1"
     """Address the embedded server listens on. Use ``0.0.0.0`` when cluster workers on other
     nodes must reach it."""
@@ -865,6 +867,14 @@ class Config(Section):
     weak_labels: WeakLabelsConfig = WeakLabelsConfig()
 
     @model_validator(mode="after")
+    def _db_name(self) -> Config:
+        if self.db.name is None:
+            from marlseg.ownership import default_db_name
+
+            self.db.name = default_db_name(self.run.dir)
+        return self
+
+    @model_validator(mode="after")
     def _stage_workers(self) -> Config:
         for name in STAGE_SECTIONS:
             self.workers_for(name)  # validates the override now, not when the stage runs
@@ -1017,7 +1027,14 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
 
 
 def dump_config(config: Config) -> str:
-    return json.dumps(config.model_dump(mode="json"), indent=2)
+    """The config as JSON, ``db.uri``'s password masked: no printed or written config holds
+    it (workers get a password URI through their environment, :mod:`marlseg.rag`)."""
+    from marlseg.db import mask_uri
+
+    data = config.model_dump(mode="json")
+    if data["db"].get("uri"):
+        data["db"]["uri"] = mask_uri(data["db"]["uri"])
+    return json.dumps(data, indent=2)
 
 
 def reference(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
