@@ -39,7 +39,8 @@ class DatasetRef(Section):
 
     path: Path
     """Container path: a zarr directory (``.zarr``/``.n5``) or an HDF5 file (``.h5``/``.hdf``).
-    Relative paths are taken from the directory the command runs in."""
+    Relative paths are taken from the config file's directory (a ``--set`` value's from the
+    directory the command runs in)."""
     dataset: str
     """Dataset inside the container, e.g. ``volumes/raw``."""
 
@@ -923,22 +924,11 @@ class Config(Section):
         return list(self.evaluate.thresholds or self.segments.thresholds)
 
     def resolved(self) -> Config:
-        """A copy whose relative paths are made absolute (workers may run elsewhere)."""
-        data = self.model_dump(mode="json")
+        """A copy whose relative paths (every path field, :mod:`marlseg.paths`) are made
+        absolute against the working directory (workers may run elsewhere)."""
+        from marlseg.paths import rebase
 
-        def walk(node: Any, key: str | None = None) -> Any:
-            if isinstance(node, dict):
-                return {k: walk(v, k) for k, v in node.items()}
-            if isinstance(node, list):
-                return [walk(v, key) for v in node]
-            if isinstance(node, str) and key in _PATH_KEYS:
-                return str(Path(node).expanduser().absolute())
-            return node
-
-        return Config.model_validate(walk(data))
-
-
-_PATH_KEYS = {"path", "dir", "checkpoint", "init_encoder"}
+        return Config.model_validate(rebase(self.model_dump(mode="json"), Config, Path.cwd()))
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -1019,6 +1009,9 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
             raise ConfigError(str(p), f"cannot read: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(str(p), "the config must be a JSON object")
+        from marlseg.paths import rebase
+
+        data = rebase(data, Config, p.parent)  # relative to the config file (marlseg.paths)
     data = apply_overrides(data, overrides or [])
     try:
         return Config.model_validate(data)

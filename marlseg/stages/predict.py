@@ -38,8 +38,19 @@ from marlseg.volumes import check_multiple, is_hdf5, open_volume, prepare_volume
 if TYPE_CHECKING:
     import torch
 
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "unetr_fib.pt"
-"""The checkpoint shipped with marlseg (``predict.checkpoint: null``)."""
+SHIPPED_CHECKPOINT = next(
+    (
+        p
+        for p in (
+            Path(__file__).resolve().parents[1] / "checkpoints" / "unetr_fib.pt",  # installed
+            Path(__file__).resolve().parents[2] / "checkpoints" / "unetr_fib.pt",  # source tree
+        )
+        if p.is_file()
+    ),
+    Path(__file__).resolve().parents[2] / "checkpoints" / "unetr_fib.pt",
+)
+"""The checkpoint shipped with marlseg (``predict.checkpoint: null``): package data
+``marlseg/checkpoints/`` of an installed marlseg, ``checkpoints/`` of the source tree."""
 
 
 # --- the model ------------------------------------------------------------------------------
