@@ -127,3 +127,26 @@ def test_no_secret_on_disk_or_in_output(tmp_path, auth_server):
         assert stat.S_IMODE(c.stat().st_mode) == 0o600, c
     scanned = sum(1 for p in run_dir.rglob("*") if p.is_file())
     record("secret_scan_password_uri", 1, True, files_scanned=scanned, hits=0)
+
+
+def test_block_shape_change_refused_with_a_hint_that_works(tmp_path, mongo_uri):
+    import re
+    import shutil
+
+    config = make_config(tmp_path / "run", mongo_uri, f"blocks_{os.getpid()}", SMALL_BLOCKS)
+    path = config_file(config, tmp_path / "config.json")
+    first = cli(SCRIPTS["fragments"], path, env=_env())
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = "fragments.block_shape=[250, 1000, 1000]"
+    refused = cli(SCRIPTS["fragments"], path, "--set", other, env=_env())
+    assert refused.returncode == 2
+    line = _one_line_error(refused.stderr, "fragments.fragments", "--restart")
+    # follow the hint to the letter: delete what it names, re-run with --restart
+    doomed = Path(re.search(r"delete (\S+) and re-run with --restart", line).group(1))
+    assert doomed.is_dir() and doomed.is_relative_to(tmp_path / "run")
+    shutil.rmtree(doomed)
+    again = cli(SCRIPTS["fragments"], path, "--set", other, "--restart", env=_env())
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summaries" / "fragments.json").read_text())
+    assert summary["blocks_done"] == summary["blocks_total"] == 4
+    record("block_shape_changed", 1, True, error=line)

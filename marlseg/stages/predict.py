@@ -31,6 +31,7 @@ from funlib.geometry import Coordinate, Roi
 
 from marlseg.blockwise import BlockwiseStage
 from marlseg.config import DatasetRef, NetworkConfig
+from marlseg.crashtest import maybe_die_for_test
 from marlseg.errors import ConfigError
 from marlseg.stage import check_writable
 from marlseg.volumes import check_multiple, is_hdf5, open_volume, prepare_volume, write
@@ -349,6 +350,7 @@ class PredictStage(BlockwiseStage):
 
     def process_block(self, block) -> None:
         self.predict_roi(block.write_roi)
+        maybe_die_for_test(self.name)  # affinities written, block not yet marked done
 
     def predict_roi(self, roi: Roi) -> None:
         """Predict and write ``roi`` (world units, inside the raw ROI after clipping)."""
