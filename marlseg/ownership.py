@@ -6,7 +6,8 @@ worker reads the same id). The RAG's meta document records the id and directory 
 that first opened it (``owner``). Opening a RAG owned by another run is refused in one line
 naming the database and the owning run dir, *before* anything is cleared or written; the
 owner itself (any stage, ``--restart`` included) opens it as before. A RAG written before
-owners were recorded is claimed by the first run that opens it.
+owners were recorded is claimed by the first run that opens it. A run dir that was deleted and
+made again (same path, new id) takes over its predecessor's RAG, with a note: that run is gone.
 
 Two run dirs never meet in one database by default: ``db.name`` defaults to a name derived
 from the absolute ``run.dir`` (:func:`default_db_name`); the refusal guards the explicit names.
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,21 @@ def claim(rag: Any, run_dir: str | os.PathLike[str]) -> None:
         owner = (rag.meta.find_one({"_id": META_ID}) or {}).get(OWNER_FIELD)
     if owner is None or owner.get("id") == me["id"]:
         return
+    if owner.get("dir") == me["dir"]:
+        # the owner's run dir was deleted and made again: its run is gone, this one is its
+        # successor (02 starts afresh and clears the graph; later stages find no fragments)
+        rag.meta.update_one(
+            {"_id": META_ID, f"{OWNER_FIELD}.id": owner.get("id")}, {"$set": {OWNER_FIELD: me}}
+        )
+        now = (rag.meta.find_one({"_id": META_ID}) or {}).get(OWNER_FIELD) or {}
+        if now.get("id") == me["id"]:
+            print(
+                f"note: db.name: database {rag.db_name!r} belonged to an earlier run in "
+                f"{me['dir']} (its run id is gone); this run takes it over",
+                file=sys.stderr,
+            )
+            return
+        owner = now
     raise ConfigError(
         "db.name",
         f"database {rag.db_name!r} at {mask_uri(rag.uri)} belongs to the run in "

@@ -72,6 +72,21 @@ def test_another_runs_rag_is_refused_and_untouched(tmp_path, mongo_uri):
     mine.close()
 
 
+def test_a_recreated_run_dir_takes_over_its_predecessors_rag(tmp_path, mongo_uri, capsys):
+    import shutil
+
+    from marlseg.rag import open_rag
+
+    name = f"again_{uuid.uuid4().hex[:8]}"
+    a = _config(tmp_path / "a", f"db.name={name}", f"db.uri={mongo_uri}")
+    open_rag(a).close()
+    shutil.rmtree(tmp_path / "a")  # the run is gone; a new one starts in the same place
+    open_rag(a).close()
+    assert "takes it over" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="belongs to the run in"):  # others still refused
+        open_rag(_config(tmp_path / "b", f"db.name={name}", f"db.uri={mongo_uri}"))
+
+
 def test_a_rag_without_owner_is_claimed_by_the_first_run(tmp_path, graph_db):
     from marlseg.rag import open_rag
 
