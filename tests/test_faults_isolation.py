@@ -20,15 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import test_postprocess_helpers as helpers
 from tests.test_faults import SMALL_BLOCKS, _env, _one_line_error, record
-from tests.test_postprocess_helpers import (
-    SCRIPTS,
-    cli,
-    config_file,
-    done_blocks,
-    make_config,
-    rag_rows,
-)
+
+SCRIPTS, cli, config_file = helpers.SCRIPTS, helpers.cli, helpers.config_file
+done_blocks, make_config, rag_rows = helpers.done_blocks, helpers.make_config, helpers.rag_rows
 
 pytestmark = pytest.mark.slow
 
@@ -134,12 +130,11 @@ def test_block_shape_change_refused_with_a_hint_that_works(tmp_path, mongo_uri):
     import shutil
 
     config = make_config(tmp_path / "run", mongo_uri, f"blocks_{os.getpid()}", SMALL_BLOCKS)
-    path = config_file(config, tmp_path / "config.json")
-    first = cli(SCRIPTS["fragments"], path, env=_env())
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert helpers.run_stage(config, "fragments").blocks_done == 8
     other = "fragments.block_shape=[250, 1000, 1000]"
+    path = config_file(config, tmp_path / "config.json")
     refused = cli(SCRIPTS["fragments"], path, "--set", other, env=_env())
-    assert refused.returncode == 2
+    assert refused.returncode == 2, refused.stderr[-3000:]
     line = _one_line_error(refused.stderr, "fragments.fragments", "--restart")
     # follow the hint to the letter: delete what it names, re-run with --restart
     doomed = Path(re.search(r"delete (\S+) and re-run with --restart", line).group(1))

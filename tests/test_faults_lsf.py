@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zarr
 
+from tests.test_cluster import _config_file as cluster_config_file
+from tests.test_cluster import _output, _raw, _run_stage
 from tests.test_faults import record
 
 REPO = Path(__file__).resolve().parents[1]
-RAW = REPO / "data" / "fib25_tiny.h5"
 STAGE_REF = "tests.toy_stages:ToyClusterStage"
 CLI = f"import sys; from marlseg.cli import main; sys.exit(main({STAGE_REF!r}, sys.argv[1:]))"
 
@@ -56,37 +56,7 @@ def _live(state: Path) -> list[dict]:
 
 
 def _config_file(tmp_path: Path, run: str, **workers) -> Path:
-    path = tmp_path / f"{run}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "run": {"dir": str(tmp_path / run)},
-                "raw": {"path": str(RAW), "dataset": "volumes/raw"},
-                "workers": {"num_workers": 2, "type": "lsf", **workers},
-            }
-        )
-    )
-    return path
-
-
-def _run_stage(config_file: Path):
-    from marlseg.config import load_config
-    from tests.toy_stages import ToyClusterStage
-
-    stage = ToyClusterStage(load_config(config_file))
-    stage.check()
-    return stage.run()
-
-
-def _output(run_dir: Path) -> np.ndarray:
-    return zarr.open(str(run_dir / "toy.zarr"), mode="r")["copy"][...]
-
-
-def _raw() -> np.ndarray:
-    import h5py
-
-    with h5py.File(RAW, "r") as f:
-        return f["volumes/raw"][...]
+    return cluster_config_file(tmp_path, run, type="lsf", **workers)
 
 
 def _no_process(pids) -> bool:
