@@ -132,6 +132,7 @@ def run_arm(name: str, config: Config, out: Path, pretrain_mode: str | None) -> 
 
     data = config.model_dump(mode="json")
     data["run"]["dir"] = str(out / name)
+    data["db"]["name"] = f"{data['db']['name']}_{name}"  # each arm is a run: a graph of its own
     arm = Config.model_validate(copy.deepcopy(data))
     # Each arm predicts with its own fine-tuned network, exported from its own run: the best
     # validation checkpoint when train.validation is set (it must not overlap the evaluated
