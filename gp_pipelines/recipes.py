@@ -30,7 +30,7 @@ from .augment import AugmentOptions, augmentations, chain, is_anisotropic, optio
 from .locations import LabelsMask, random_location
 from .normalize import signed_range, unit_range
 from .sources import dataset_spec, merged_source
-from .targets import NEAREST, affinity_targets
+from .targets import NEAREST, affinity_targets, lsd_targets
 
 RAW = gp.ArrayKey("RAW")
 LABELS = gp.ArrayKey("LABELS")
@@ -40,6 +40,8 @@ LOCATION_MASK = gp.ArrayKey("LOCATION_MASK")
 """Where crops may be centred: the labels mask if given, else ``labels != 0``."""
 AFFS = gp.ArrayKey("AFFS")
 WEIGHTS = gp.ArrayKey("WEIGHTS")
+LSDS = gp.ArrayKey("LSDS")
+LSDS_MASK = gp.ArrayKey("LSDS_MASK")
 
 
 def _refs(refs: DatasetRef | dict | Sequence[DatasetRef | dict] | None) -> list[DatasetRef]:
@@ -241,6 +243,8 @@ def affinity_batches(
     min_masked: float = 0.5,
     cache_size: int | None = None,
     start: int = 0,
+    lsd_sigma: float | None = None,
+    lsd_downsample: int = 2,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless affinity training batches (shapes in voxels, z-y-x), as dicts of
 
@@ -252,13 +256,17 @@ def affinity_batches(
     The output is centred in the input (``input - output`` must be even). ``mask_refs``: per
     raw volume, a labelled-region mask (non-zero = labelled); affinities leaving it get weight 0.
     ``min_masked``: reject crops whose output has less than this fraction of labelled voxels
-    (mask, else ``labels != 0``).
+    (mask, else ``labels != 0``). ``lsd_sigma`` (nm): also ``lsds`` ``(B, 10, *output_shape)``,
+    the local shape descriptors of the labels, and ``lsds_mask`` (0 on background), the
+    auxiliary target of MTLSD training.
     """
     raw_refs, label_refs, mask_refs = _refs(raw_refs), _refs(label_refs), _refs(mask_refs)
     raw_specs, label_specs, voxel_size = check_sources(
         raw_refs, label_refs, mask_refs, input_shape, output_shape, augment
     )
     opt = options(augment)
+    if lsd_sigma is not None:
+        check_lsd_sigma(lsd_sigma, lsd_downsample, voxel_size)
     sources = []
     for i, (raw, labels) in enumerate(zip(raw_refs, label_refs)):
         datasets = {RAW: raw, LABELS: labels}
@@ -269,6 +277,8 @@ def affinity_batches(
         src = merged_source(datasets, interp, field=f"train[{i}]")
         src = src + unit_range(RAW, raw_specs[i].dtype)
         src = src + LabelsMask(LABELS_MASK if mask_refs else LABELS, LOCATION_MASK)
+        if lsd_sigma is not None:  # descriptors need labels a few sigma beyond the crop
+            src = src + gp.Pad(LABELS, None)
         src = src + random_location(LOCATION_MASK, min_masked)
         sources.append(src)
     pipeline = tuple(sources) + gp.RandomProvider(probabilities=[s.roi.size for s in label_specs])
@@ -279,20 +289,52 @@ def affinity_batches(
             LABELS, AFFS, WEIGHTS, neighborhood, labels_mask=LABELS_MASK if mask_refs else None
         ),
     )
+    if lsd_sigma is not None:
+        pipeline = chain(
+            pipeline,
+            lsd_targets(
+                LABELS,
+                LSDS,
+                LSDS_MASK,
+                lsd_sigma,
+                lsd_downsample,
+                labels_mask=LABELS_MASK if mask_refs else None,
+            ),
+        )
     pipeline = pipeline + signed_range(RAW)
 
     request = gp.BatchRequest()
     request.add(RAW, gp.Coordinate(input_shape) * voxel_size)
     out = gp.Coordinate(output_shape) * voxel_size
-    for key in (LABELS, AFFS, WEIGHTS, LOCATION_MASK):
+    extra = (LSDS, LSDS_MASK) if lsd_sigma is not None else ()
+    for key in (LABELS, AFFS, WEIGHTS, LOCATION_MASK, *extra):
         request.add(key, out)
     stream = _stream(pipeline, request, batch_size, seed, start, precache_workers, cache_size)
-    return (
-        {
-            "raw": np.ascontiguousarray(b[RAW].data[:, None], dtype=np.float32),
-            "affs": np.ascontiguousarray(b[AFFS].data, dtype=np.float32),
-            "weights": np.ascontiguousarray(b[WEIGHTS].data, dtype=np.float32),
-            "labels": b[LABELS].data,
-        }
-        for b in stream
-    )
+    return (_affinity_batch(b, lsd_sigma is not None) for b in stream)
+
+
+def check_lsd_sigma(sigma: float, downsample: int, voxel_size: Sequence[int]) -> None:
+    """lsd's node pads the labels by 3 sigma and computes on a grid ``downsample`` times
+    coarser: 3 sigma must be a whole number of coarse voxels on every axis."""
+    for v in voxel_size:
+        step = int(v) * int(downsample)
+        if abs(3 * sigma / step - round(3 * sigma / step)) > 1e-6:
+            good = [step * k / 3 for k in range(1, 6)]
+            raise ConfigError(
+                "train.lsd_sigma",
+                f"3 x {sigma} nm is not a multiple of voxel {int(v)} nm x lsd_downsample "
+                f"{downsample}; use e.g. one of {[round(g, 3) for g in good]}",
+            )
+
+
+def _affinity_batch(b: gp.Batch, lsds: bool) -> dict[str, np.ndarray]:
+    out = {
+        "raw": np.ascontiguousarray(b[RAW].data[:, None], dtype=np.float32),
+        "affs": np.ascontiguousarray(b[AFFS].data, dtype=np.float32),
+        "weights": np.ascontiguousarray(b[WEIGHTS].data, dtype=np.float32),
+        "labels": b[LABELS].data,
+    }
+    if lsds:
+        out["lsds"] = np.ascontiguousarray(b[LSDS].data, dtype=np.float32)
+        out["lsds_mask"] = np.ascontiguousarray(b[LSDS_MASK].data, dtype=np.float32)
+    return out

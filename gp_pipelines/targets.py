@@ -64,3 +64,35 @@ def affinity_targets(
         ),
         gp.BalanceLabels(affinities, weights, mask=affs_mask),
     ]
+
+
+LSD_CHANNELS = 10
+"""Local shape descriptor channels in 3D (lsd's ``AddLocalShapeDescriptor``): mean offset to
+the object's centre of mass (3), covariance diagonal (3), off-diagonal (3), voxel count (1)."""
+
+
+def lsd_targets(
+    labels: gp.ArrayKey,
+    descriptors: gp.ArrayKey,
+    descriptors_mask: gp.ArrayKey,
+    sigma_nm: float,
+    downsample: int = 2,
+    labels_mask: gp.ArrayKey | None = None,
+) -> list[gp.BatchFilter]:
+    """Nodes adding the local shape descriptors of ``labels`` (float32 in [0, 1], one channel
+    per :data:`LSD_CHANNELS`) and a mask that is 0 on background (label 0) and where the labels
+    mask says unknown: the auxiliary target of multi-task LSD training (MTLSD, Sheridan et
+    al. 2022). ``sigma_nm`` is the Gaussian's standard deviation in world units (nm);
+    ``downsample`` computes the statistics on a coarser grid and upsamples them (speed)."""
+    from lsd.train.gp import AddLocalShapeDescriptor
+
+    return [
+        AddLocalShapeDescriptor(
+            labels,
+            descriptors,
+            lsds_mask=descriptors_mask,
+            labels_mask=labels_mask,
+            sigma=float(sigma_nm),
+            downsample=int(downsample),
+        )
+    ]

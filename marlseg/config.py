@@ -203,7 +203,7 @@ class PredictConfig(_StageSection):
     """Write block shape in nm; ``null``: the window's core (input minus both margins) times 2
     on every axis. Best a multiple of the core (else windows on block borders run twice)."""
     margin: list[int] | None = None
-    """nm cropped from each side of each window's output (z, y, x); ``null``: 1/8 of the
+    """nm cropped from each side of each window's output (z, y, x); ``null``: 1/16 of the
     network input on every axis, rounded to whole voxels."""
     batch_size: PosInt = 4
     """Windows per forward pass."""
@@ -420,9 +420,19 @@ class TrainConfig(Section):
     """Iterations between validations (and at the end); keeps the best checkpoint by VOI."""
     validation: ValidationConfig | None = None
     """A labelled crop not used for training (``{"raw": ref, "labels": ref, ...}``)."""
+    lsds: bool = False
+    """Also learn local shape descriptors (10 channels, lsd's ``AddLocalShapeDescriptor``) as
+    an auxiliary output beside the affinities (MTLSD). Prediction writes the affinities only."""
+    lsd_sigma: float = Field(80.0, gt=0)
+    """``lsds``: the descriptors' Gaussian standard deviation, nm."""
+    lsd_downsample: PosInt = 2
+    """``lsds``: compute the descriptors on a grid this many times coarser (speed)."""
+    lsd_weight: float = Field(1.0, ge=0)
+    """``lsds``: weight of the descriptors' masked MSE next to the affinity loss."""
     export: Path | None = None
     """At the end, write the best checkpoint (the last one without validation), model only,
-    here (e.g. ``checkpoints/unetr_fib.pt``)."""
+    here. ``null``: ``run.dir/train/export.pt``. Shipping a model is a deliberate copy to
+    ``checkpoints/`` (see ``checkpoints/README.md``), never a side effect of training."""
     precache_workers: NonNegInt = 2
     """Batch-producing processes (gunpowder ``PreCache``); 0 produces batches in the training
     process, each a pure function of (seed, iteration), so a resumed run is exact."""

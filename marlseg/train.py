@@ -42,6 +42,7 @@ import numpy as np
 
 from marlseg.config import Config, NetworkConfig, ValidationConfig
 from marlseg.errors import ConfigError
+from marlseg.gp_pipelines.targets import LSD_CHANNELS
 
 CHECKPOINT_RE = re.compile(r"iter_(\d+)\.pt$")
 LOSS_FIELDS = ["iteration", "loss", "data_s", "step_s", "lr"]
@@ -91,6 +92,14 @@ def affinity_loss(logits, target, weights, kind: str = "bce"):
     else:
         raise ValueError(f"unknown loss {kind!r}")
     return (weights * per_voxel).mean()
+
+
+def lsd_loss(logits, target, mask):
+    """Masked mean squared error of the sigmoid descriptors (lsd's MTLSD auxiliary loss)."""
+    import torch
+
+    err = mask * (torch.sigmoid(logits) - target) ** 2
+    return err.sum() / mask.sum().clamp(min=1.0)
 
 
 def rng_state() -> dict[str, Any]:
@@ -399,7 +408,9 @@ def train(
 
     nbh = [list(o) for o in tc.neighborhood]
     input_shape = list(config.network.input_shape)
-    model = build_unetr(config.network, len(nbh)).to(device)
+    lsd_channels = LSD_CHANNELS if tc.lsds else 0
+    model = build_unetr(config.network, len(nbh) + lsd_channels).to(device)
+    model.affinity_channels = len(nbh)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
     validation = Validation(tc.validation) if tc.validation is not None else None
     raw0 = open_volume(tc.raw[0], field="train.raw[0]")
@@ -429,6 +440,7 @@ def train(
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "iteration": iteration,
             "neighborhood": nbh,
+            "lsds": bool(tc.lsds),
             "voxel_size": voxel_size,
             "loss": loss,
             "best_voi": best_voi,
@@ -458,6 +470,8 @@ def train(
         mask_refs=tc.masks or None,
         min_masked=tc.min_masked,
         start=start,
+        lsd_sigma=tc.lsd_sigma if tc.lsds else None,
+        lsd_downsample=tc.lsd_downsample,
     )
     window: list[tuple[float, float, float]] = []
     last_loss = None
@@ -472,7 +486,11 @@ def train(
             target = torch.from_numpy(batch["affs"]).to(device)
             weights = torch.from_numpy(batch["weights"]).to(device)
             logits = model.logits(raw)
-            loss = affinity_loss(logits, target, weights, tc.loss)
+            loss = affinity_loss(logits[:, : len(nbh)], target, weights, tc.loss)
+            if tc.lsds:
+                lsds = torch.from_numpy(batch["lsds"]).to(device)
+                lsds_mask = torch.from_numpy(batch["lsds_mask"]).to(device)
+                loss = loss + tc.lsd_weight * lsd_loss(logits[:, len(nbh) :], lsds, lsds_mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -510,7 +528,7 @@ def train(
                 write_snapshot(
                     paths.snapshots / f"iter_{n:07d}.png",
                     batch["raw"][0],
-                    torch.sigmoid(logits[0]).detach().float().cpu().numpy(),
+                    torch.sigmoid(logits[0, : len(nbh)]).detach().float().cpu().numpy(),
                     batch["affs"][0],
                     n,
                 )
@@ -569,14 +587,31 @@ def _export(config: Config, paths: TrainPaths, log: Callable[[str], None]) -> No
     """Write the best (else the last) checkpoint, model only, to ``train.export``."""
     import torch
 
-    if config.train.export is None:
-        return
     src = paths.best if paths.best.exists() else paths.latest()
     if src is None:
         return
+    export = export_path(config)
     ckpt = model_checkpoint(torch.load(src, map_location="cpu", weights_only=True))
-    save_atomic(ckpt, Path(config.train.export))
-    log(f"train: exported {src.name} (iteration {ckpt['iteration']}) to {config.train.export}")
+    save_atomic(ckpt, export)
+    log(f"train: exported {src.name} (iteration {ckpt['iteration']}) to {export}")
+
+
+def export_path(config: Config) -> Path:
+    """Where training exports its model: ``train.export``, else ``run.dir/train/export.pt``.
+    The shipped checkpoint is never a default target; ConfigError if ``train.export`` names it
+    (shipping is a deliberate copy, see ``checkpoints/README.md``)."""
+    from marlseg.stages.predict import SHIPPED_CHECKPOINT
+
+    if config.train.export is None:
+        return TrainPaths(config.run.dir).root / "export.pt"
+    export = Path(config.train.export)
+    if export.resolve() == SHIPPED_CHECKPOINT.resolve():
+        raise ConfigError(
+            "train.export",
+            f"{export} is the shipped checkpoint; export under run.dir and copy it there "
+            "deliberately (checkpoints/README.md says how)",
+        )
+    return export
 
 
 def score_checkpoint(

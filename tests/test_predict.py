@@ -178,16 +178,16 @@ def test_defaults_come_from_the_checkpoint(tmp_path, raw_ref, checkpoint):
     stage.check()
     total, block, context = stage.geometry()
     assert total == Roi(OFFSET, Coordinate(SHAPE) * Coordinate(VOXEL))
-    assert stage.margin_voxels() == [1, 2, 2]  # 1/8 of the 8x16x16 input
-    assert block == Coordinate(120, 240, 240)  # twice the core (6, 12, 12) voxels
-    assert context == Coordinate(10, 20, 20)
+    assert stage.margin_voxels() == [1, 1, 1]  # 1/16 of the 8x16x16 input, at least 1
+    assert block == Coordinate(120, 280, 280)  # twice the core (6, 14, 14) voxels
+    assert context == Coordinate(10, 10, 10)
     assert stage.read_write_conflict is False
     fp = stage.fingerprint()
     assert fp["network"] == TINY_NET and len(fp["checkpoint"]) == 16
     stage.prepare()
     affs = open_volume(stage.affs_ref)
     assert affs._source_data.attrs["neighborhood"] == [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
-    assert affs._source_data.chunks == (3, 12, 24, 24)
+    assert affs._source_data.chunks == (3, 12, 28, 28)
 
 
 def test_shipped_checkpoint_is_the_default(tmp_path, raw_ref):
