@@ -47,12 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         ref = DatasetRef(path=args.out, dataset="volumes/raw")
         out = prepare_volume(ref, roi, vs, data.dtype, vs * args.chunk, field="out")
         write(out, roi, data)
+        print(f"{args.out}/volumes/raw: {tuple(args.shape)} voxels of {tuple(vs)} nm")
+        return 0
     except MarlsegError as e:
         print(f"error: {e.line()}", file=sys.stderr)
         return e.exit_code
-    print(f"{args.out}/volumes/raw: {tuple(args.shape)} voxels of {tuple(vs)} nm")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
