@@ -33,6 +33,7 @@ from funlib.geometry import Coordinate, Roi
 
 from marlseg.config import WorkersConfig, dump_config
 from marlseg.errors import ConfigError, StageFailed
+from marlseg.files import write_atomic
 from marlseg.launchers import check_workers, make_launcher
 from marlseg.stage import Stage
 
@@ -236,9 +237,9 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
                 f"cannot write outputs: {e.strerror or e} ({e.filename or stage.run_dir})",
             ) from None
         track.mkdir(parents=True, exist_ok=True)
-        (track / "params.json").write_text(json.dumps(fingerprint, indent=2, sort_keys=True))
+        write_atomic(track / "params.json", json.dumps(fingerprint, indent=2, sort_keys=True))
         config_path = track / "worker_config.json"
-        config_path.write_text(dump_config(stage.worker_config()))
+        write_atomic(config_path, dump_config(stage.worker_config()), private=True)
         launcher = make_launcher(stage.stage_ref(), workers, config_path, log_dir, stage.name)
         daisy.logging.set_log_basedir(log_dir / "daisy")
 

@@ -39,7 +39,8 @@ class DatasetRef(Section):
 
     path: Path
     """Container path: a zarr directory (``.zarr``/``.n5``) or an HDF5 file (``.h5``/``.hdf``).
-    Relative paths are taken from the directory the command runs in."""
+    Relative paths are taken from the config file's directory (a ``--set`` value's from the
+    directory the command runs in)."""
     dataset: str
     """Dataset inside the container, e.g. ``volumes/raw``."""
 
@@ -79,8 +80,10 @@ class DbConfig(Section):
     uri: str | None = None
     """MongoDB URI (``mongodb://user:pass@host:27017``). ``null``: the environment variable
     ``MARLSEG_MONGODB_URI`` if set, else an embedded server with its data under ``run.dir/db``."""
-    name: str = "marlseg"
-    """Database name; one RAG per database."""
+    name: str | None = None
+    """Database name; one RAG per database, owned by the run that created it (another run
+    is refused). ``null``: ``marlseg_<run.dir name>_<8 hex of its absolute path>``, one
+    database per run dir."""
     bind: str = "127.0.0.1"
     """Address the embedded server listens on. Use ``0.0.0.0`` when cluster workers on other
     nodes must reach it."""
@@ -1017,6 +1020,14 @@ class Config(Section):
     tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
+    def _db_name(self) -> Config:
+        if self.db.name is None:
+            from marlseg.ownership import default_db_name
+
+            self.db.name = default_db_name(self.run.dir)
+        return self
+
+    @model_validator(mode="after")
     def _stage_workers(self) -> Config:
         for name in STAGE_SECTIONS:
             self.workers_for(name)  # validates the override now, not when the stage runs
@@ -1065,22 +1076,11 @@ class Config(Section):
         return list(self.evaluate.thresholds or self.segments.thresholds)
 
     def resolved(self) -> Config:
-        """A copy whose relative paths are made absolute (workers may run elsewhere)."""
-        data = self.model_dump(mode="json")
+        """A copy whose relative paths (every path field, :mod:`marlseg.paths`) are made
+        absolute against the working directory (workers may run elsewhere)."""
+        from marlseg.paths import rebase
 
-        def walk(node: Any, key: str | None = None) -> Any:
-            if isinstance(node, dict):
-                return {k: walk(v, k) for k, v in node.items()}
-            if isinstance(node, list):
-                return [walk(v, key) for v in node]
-            if isinstance(node, str) and key in _PATH_KEYS:
-                return str(Path(node).expanduser().absolute())
-            return node
-
-        return Config.model_validate(walk(data))
-
-
-_PATH_KEYS = {"path", "dir", "checkpoint", "init_encoder"}
+        return Config.model_validate(rebase(self.model_dump(mode="json"), Config, Path.cwd()))
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -1161,6 +1161,9 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
             raise ConfigError(str(p), f"cannot read: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(str(p), "the config must be a JSON object")
+        from marlseg.paths import rebase
+
+        data = rebase(data, Config, p.parent)  # relative to the config file (marlseg.paths)
     data = apply_overrides(data, overrides or [])
     try:
         return Config.model_validate(data)
@@ -1169,7 +1172,14 @@ def load_config(path: str | os.PathLike[str] | None, overrides: list[str] | None
 
 
 def dump_config(config: Config) -> str:
-    return json.dumps(config.model_dump(mode="json"), indent=2)
+    """The config as JSON, ``db.uri``'s password masked: no printed or written config holds
+    it (workers get a password URI through their environment, :mod:`marlseg.rag`)."""
+    from marlseg.db import mask_uri
+
+    data = config.model_dump(mode="json")
+    if data["db"].get("uri"):
+        data["db"]["uri"] = mask_uri(data["db"]["uri"])
+    return json.dumps(data, indent=2)
 
 
 def reference(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:

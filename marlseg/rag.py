@@ -18,6 +18,7 @@ same three things, and gets them here so that no stage repeats them:
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,23 @@ def check_graph_db(config: Config, timeout_ms: int = 5000) -> None:
         raise ConfigError(_field(config), str(e)) from None
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_reachable(config: Config, worker_type: str) -> None:
+    """Cluster workers run on other nodes: an embedded server listening on the loopback
+    address only would fail every block of theirs. Refused before anything is written."""
+    if worker_type == "local" or configured_uri(config) is not None:
+        return
+    if config.db.bind in LOOPBACK:
+        raise ConfigError(
+            "db.bind",
+            f"{worker_type} workers run on other nodes and cannot reach the embedded database "
+            f"listening on {config.db.bind}: set db.bind to 0.0.0.0 (or this node's address), "
+            "or db.uri to a MongoDB server they can reach",
+        )
+
+
 @contextlib.contextmanager
 def graph_service(config: Config) -> Iterator[str]:
     """A MongoDB serving while the ``with`` block runs; yields its URI.
@@ -85,16 +103,30 @@ def graph_service(config: Config) -> Iterator[str]:
 
 def open_rag(config: Config, uri: str | None = None, **kwargs: Any) -> Any:
     """The RAG ``config.db.name`` on ``uri`` (default: the configured URI), opened ``r+``
-    (created with its indexes if new). ``kwargs`` go to ``MongoDbGraphDatabase``."""
+    (created with its indexes if new) and owned by this run (:mod:`marlseg.ownership`: a
+    RAG of another run is refused). ``kwargs`` go to ``MongoDbGraphDatabase``."""
     from marlseg.db import DbError, MongoDbGraphDatabase
+    from marlseg.ownership import claim
 
     uri = uri or configured_uri(config)
     if uri is None:
         raise MarlsegError("db", "no server: open the RAG inside graph_service(config)")
     try:
-        return MongoDbGraphDatabase(uri, config.db.name, mode="r+", **kwargs)
+        rag = MongoDbGraphDatabase(uri, config.db.name, mode="r+", **kwargs)
     except DbError as e:
         raise MarlsegError("db", str(e)) from None
+    try:
+        claim(rag, config.run.dir)
+    except BaseException:
+        rag.close()
+        raise
+    return rag
+
+
+def _has_secret(uri: str) -> bool:
+    from marlseg.db import mask_uri
+
+    return mask_uri(uri) != uri
 
 
 class RagStage(BlockwiseStage):
@@ -109,25 +141,37 @@ class RagStage(BlockwiseStage):
     def check(self) -> None:
         super().check()
         check_graph_db(self.config)
+        check_reachable(self.config, self.workers.type)
 
     @contextlib.contextmanager
     def services(self) -> Iterator[None]:
+        from marlseg.db import ENV_URI
+
         with graph_service(self.config) as uri:
             self._live_uri = uri
+            open_rag(self.config, uri).close()  # another run's RAG: refused before prepare()
+            # a URI with a password reaches the workers through their inherited environment
+            # (local workers, srun --export=ALL, bsub -env all), never through a file
+            saved = os.environ.get(ENV_URI)
+            if _has_secret(uri):
+                os.environ[ENV_URI] = uri
             try:
                 yield
             finally:
                 self._live_uri = None
+                if saved is None:
+                    os.environ.pop(ENV_URI, None)
+                else:
+                    os.environ[ENV_URI] = saved
 
     def worker_config(self) -> Config:
         config = super().worker_config()
-        # only the embedded server's URI is written out: a configured one is in the config
-        # already, and one from the environment (maybe with a password) reaches the workers
-        # through their inherited environment, never through a file
-        if self._live_uri is not None and configured_uri(self.config) is None:
-            config = config.model_copy(
-                update={"db": config.db.model_copy(update={"uri": self._live_uri})}
-            )
+        # the embedded server's URI is written out (no password); a password URI is left
+        # out (see services) and the workers read it from MARLSEG_MONGODB_URI
+        live = self._live_uri
+        if live is not None:
+            uri = None if _has_secret(live) else live
+            config = config.model_copy(update={"db": config.db.model_copy(update={"uri": uri})})
         return config
 
     def open_rag(self, **kwargs: Any) -> Any:

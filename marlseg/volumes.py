@@ -174,7 +174,8 @@ def prepare_volume(
             raise ConfigError(
                 f"{field}.dataset",
                 f"{path}/{ref.dataset} exists with shape/dtype/chunks/voxel size {existing}, "
-                f"this run needs {wanted}: use a fresh run.dir or delete it",
+                f"this run needs {wanted}: delete {path.absolute() / ref.dataset} and re-run "
+                "with --restart, or use a fresh run.dir",
             )
     else:
         ds = root.create_dataset(

@@ -18,7 +18,8 @@ def write(tmp_path, data) -> str:
 
 def test_defaults_and_derived_places(tmp_path):
     cfg = load_config(write(tmp_path, {"run": {"dir": "runs/x"}}))
-    assert cfg.affs.path.as_posix() == "runs/x/affs.zarr"
+    # relative to the config file's directory (marlseg.paths)
+    assert cfg.affs.path == tmp_path / "runs" / "x" / "affs.zarr"
     assert cfg.fragments_ds.dataset == "volumes/fragments"
     assert cfg.segmentation_ds(0.25).dataset == "volumes/segmentation_0.250"
     assert cfg.eval_thresholds == cfg.segments.thresholds
@@ -125,6 +126,8 @@ def test_every_shipped_config_loads():
 
     configs = sorted((Path(__file__).parents[1] / "configs").glob("*.json"))
     assert len(configs) >= 8
+    repo = Path(__file__).parents[1].resolve()
     for path in configs:
         config = load_config(path)
-        assert config.run.dir is not None, path
+        # every run writes under the repo's runs/, named after its config (no two share it)
+        assert config.run.dir.resolve() == repo / "runs" / path.stem, path

@@ -23,10 +23,8 @@ from marlseg.gp_pipelines.targets import neighborhood
 from marlseg.volumes import prepare_volume, write
 
 REPO_DATA = Path(__file__).parents[1] / "data"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIB_RAW = DatasetRef(path=REPO_DATA / "fib_train.h5", dataset="volumes/raw")
 FIB_LABELS = DatasetRef(path=REPO_DATA / "fib_train.h5", dataset="volumes/labels/neuron_ids")
-MEDULLA = DatasetRef(path=SHARED_DATA / "medulla_raw.zarr", dataset="volumes/raw")
 
 GEOMETRY_ONLY = AugmentOptions(
     elastic=True,
@@ -237,10 +235,8 @@ def test_zarr_raw_batches_are_crops(tmp_path):
         assert found
 
 
-def test_medulla_zarr_augmented_raw_batches():
-    if not MEDULLA.path.exists():
-        pytest.skip("medulla_raw.zarr not present")
-    it = raw_batches(MEDULLA, [16, 32, 32], 2, augment=True, seed=0)
+def test_fafb_zarr_augmented_raw_batches(fafb_zarr):
+    it = raw_batches(fafb_zarr, [16, 32, 32], 2, augment=True, seed=0)
     for _ in range(2):
         b = next(it)
         assert b.shape == (2, 1, 16, 32, 32) and b.dtype == np.float32

@@ -178,6 +178,34 @@ def test_block_grid_against_one_block(tmp_path_factory, mongo_uri, volumes):
     assert between["voi_split"] + between["voi_merge"] < 0.2  # measured: 0.055
 
 
+def test_context_covering_the_volume_equals_whole_volume_waterz(tmp_path, mongo_uri):
+    """The exact case behind the bound above: with an agglomeration context that covers the
+    whole volume, every block's waterz sees what whole-volume waterz sees, so every edge of the
+    RAG has exactly the whole-volume merge score (same fragments, same affinities)."""
+    from marlseg.stages.fragments import affinity_source
+    from tests.test_postprocess_helpers import run_stage
+
+    config = make_config(
+        tmp_path / "run",
+        mongo_uri,
+        f"pp_exact_{uuid.uuid4().hex[:8]}",
+        "fragments.block_shape=[250, 500, 1000]",
+        "agglomerate.context=[500, 1000, 2000]",
+    )
+    run_stage(config, "fragments")
+    assert run_stage(config, "agglomerate").blocks_total == 8
+    frags = read_zarr(Path(config.fragments_ds.path), config.fragments_ds.dataset)
+    src = affinity_source(config)
+    affs = src.read(src.roi)
+    function = W.scoring_function(config.agglomerate.merge_function)
+    u, v, score = W.agglomerate_edges(affs, frags, function)
+    order = np.lexsort((v, u))
+    _, edges = rag_rows(config)
+    np.testing.assert_array_equal(edges["u"], u[order])
+    np.testing.assert_array_equal(edges["v"], v[order])
+    np.testing.assert_array_equal(edges["merge_score"], score[order])
+
+
 def test_mutex_chain(tmp_path_factory, mongo_uri, volumes):
     """The mutex watershed in the same chain: also far better than thresholding."""
     config, summaries = _chain(tmp_path_factory, mongo_uri, "mutex", "fragments.method=mutex")

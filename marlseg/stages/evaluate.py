@@ -31,6 +31,7 @@ import numpy as np
 
 from marlseg import metrics
 from marlseg.blockwise import RunSummary
+from marlseg.crashtest import maybe_die_for_test
 from marlseg.errors import ConfigError
 from marlseg.stages.agglomerate import FragmentBlocksStage, open_fragments
 from marlseg.stages.fragments import ref_id, upstream_fingerprint
@@ -125,6 +126,7 @@ class EvaluateStage(FragmentBlocksStage):
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             np.savez(f, fragment=table.seg, gt=table.gt, count=table.count)
+        maybe_die_for_test(self.name)  # table written to a temporary file, not yet in place
         os.replace(tmp, path)
 
     # --- after the blocks: merge and score ---------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from marlseg.crashtest import maybe_die_for_test
 from marlseg.stages.agglomerate import FragmentBlocksStage, open_fragments
 from marlseg.stages.fragments import check_existing_output, ref_id, upstream_fingerprint
 from marlseg.stages.segments import apply_lut, check_lut, load_lut, lut_digest
@@ -70,3 +71,4 @@ class ExtractStage(FragmentBlocksStage):
     def process_block(self, block) -> None:
         frags = read(self.fragments, block.write_roi, fill_value=0)
         write(self.out, block.write_roi, apply_lut(frags, self.fragment_ids, self.segment_ids))
+        maybe_die_for_test(self.name)  # segmentation written, block not yet marked done

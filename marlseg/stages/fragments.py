@@ -28,6 +28,7 @@ from marlseg import watershed as W
 from marlseg.affinities import AffinitySource
 from marlseg.blockwise import tracking_dir
 from marlseg.config import Config, DatasetRef, FragmentsConfig
+from marlseg.crashtest import maybe_die_for_test
 from marlseg.errors import ConfigError
 from marlseg.rag import RagStage
 from marlseg.volumes import (
@@ -97,7 +98,9 @@ def check_existing_output(ref: DatasetRef, field: str, roi: Roi, vs, dtype, chun
         raise ConfigError(
             f"{field}.dataset",
             f"{ref} exists with another ROI, voxel size, dtype or chunking "
-            f"({arr.roi}, {arr.voxel_size}, {arr.dtype}); use a fresh run.dir or delete it",
+            f"({arr.roi}, {arr.voxel_size}, {arr.dtype}, chunks {list(getattr(src, 'chunks', None) or [])}); "
+            f"delete {Path(ref.path).absolute() / ref.dataset} and re-run with --restart, or "
+            "use a fresh run.dir",
         )
 
 
@@ -271,33 +274,3 @@ def compute_fragments(
     if section.min_size > 0:
         frags = W.remove_small(frags, section.min_size)
     return frags
-
-
-_blocks_seen = 0
-
-
-def maybe_die_for_test(stage: str) -> None:
-    """Crash-test hook, inert unless ``MARLSEG_TEST_KILL=<stage>:<n>:<marker file>`` is set:
-    the worker SIGKILLs itself in the middle of its ``n``-th block (after some of the block's
-    writes, before the others), once per run (the marker file, created atomically, records that
-    it happened). Lets tests kill a worker at a chosen point of real work."""
-    import os
-
-    global _blocks_seen
-    spec = os.environ.get("MARLSEG_TEST_KILL")
-    if not spec:
-        return
-    name, n, marker = spec.split(":", 2)
-    if name != stage:
-        return
-    _blocks_seen += 1
-    if _blocks_seen != int(n):
-        return
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.close(fd)
-    import signal
-
-    os.kill(os.getpid(), signal.SIGKILL)

@@ -31,6 +31,7 @@ from funlib.geometry import Coordinate, Roi
 
 from marlseg.blockwise import BlockwiseStage
 from marlseg.config import DatasetRef, NetworkConfig
+from marlseg.crashtest import maybe_die_for_test
 from marlseg.errors import ConfigError
 from marlseg.stage import check_writable
 from marlseg.volumes import check_multiple, is_hdf5, open_volume, prepare_volume, write
@@ -38,8 +39,19 @@ from marlseg.volumes import check_multiple, is_hdf5, open_volume, prepare_volume
 if TYPE_CHECKING:
     import torch
 
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "unetr_fib.pt"
-"""The checkpoint shipped with marlseg (``predict.checkpoint: null``)."""
+SHIPPED_CHECKPOINT = next(
+    (
+        p
+        for p in (
+            Path(__file__).resolve().parents[1] / "checkpoints" / "unetr_fib.pt",  # installed
+            Path(__file__).resolve().parents[2] / "checkpoints" / "unetr_fib.pt",  # source tree
+        )
+        if p.is_file()
+    ),
+    Path(__file__).resolve().parents[2] / "checkpoints" / "unetr_fib.pt",
+)
+"""The checkpoint shipped with marlseg (``predict.checkpoint: null``): package data
+``marlseg/checkpoints/`` of an installed marlseg, ``checkpoints/`` of the source tree."""
 
 
 # --- the model ------------------------------------------------------------------------------
@@ -350,6 +362,7 @@ class PredictStage(BlockwiseStage):
 
     def process_block(self, block) -> None:
         self.predict_roi(block.write_roi)
+        maybe_die_for_test(self.name)  # affinities written, block not yet marked done
 
     def predict_roi(self, roi: Roi) -> None:
         """Predict and write ``roi`` (world units, inside the raw ROI after clipping)."""
