@@ -225,8 +225,10 @@ class FragmentsConfig(_StageSection):
     mask: DatasetRef | None = None
     """Optional mask (non-zero = process); voxels outside get fragment 0 and blocks entirely
     outside are skipped."""
-    block_shape: list[int] = [400, 400, 400]
-    """Write block shape in nm."""
+    block_shape: list[int] = [800, 800, 800]
+    """Write block shape in nm. Fragments are cut at block faces, so larger blocks cut fewer
+    neurites (chosen with ``workflows/tune.py`` on the selection part of the medulla crop,
+    docs/network.md; 400 nm blocks cut most neurites)."""
     context: list[int] = [80, 80, 80]
     """Context read around each block, nm."""
     method: Literal["watershed", "mutex", "waterz"] = "watershed"
@@ -237,8 +239,9 @@ class FragmentsConfig(_StageSection):
     """Extract fragments per z-section (anisotropic ssTEM data)."""
     boundary_threshold: Unit = 0.5
     """Mean affinity below which a voxel counts as boundary for the distance transform."""
-    min_seed_distance: PosInt = 10
-    """Minimum distance between watershed seeds, voxels."""
+    min_seed_distance: PosInt = 15
+    """Minimum distance between watershed seeds, voxels (chosen with ``workflows/tune.py``,
+    docs/network.md)."""
     mutex_offsets: list[list[int]] = [[-2, 0, 0], [0, -2, 0], [0, 0, -2]]
     """``mutex``: long-range offsets (voxels, negative along one axis). Their affinities are the
     weakest nearest-neighbour affinity on the straight path (a membrane in between repels)."""
@@ -272,8 +275,9 @@ class FragmentsConfig(_StageSection):
 
 
 class AgglomerateConfig(_StageSection):
-    merge_function: str = "hist_quant_75"
-    """waterz merge function: ``hist_quant_N`` (N = 10, 15, ..., 95), ``hist_quant_N_initmax``,
+    merge_function: str = "mean"
+    """waterz merge function (default chosen with ``workflows/tune.py``, docs/network.md):
+    ``hist_quant_N`` (N = 10, 15, ..., 95), ``hist_quant_N_initmax``,
     ``mean``, ``max``, ``min``, or a waterz scoring-function type (table:
     ``marlseg.watershed.MERGE_FUNCTIONS``)."""
     block_shape: list[int] | None = None
@@ -289,9 +293,18 @@ class AgglomerateConfig(_StageSection):
 Thresholds = list[Unit]
 
 
+TUNE_THRESHOLDS: list[float] = [round(0.02 * i, 2) for i in range(1, 16)] + [
+    round(0.05 * i, 2) for i in range(7, 19)
+]
+"""``segments.thresholds``' and ``tune.thresholds``' default: 0.02-0.30 in steps of 0.02, where merge scores concentrate,
+then 0.35-0.90 in steps of 0.05."""
+
+
 class SegmentsConfig(Section):
-    thresholds: Thresholds = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-    """Merge thresholds: fragments joined by edges with score <= threshold form one segment."""
+    thresholds: Thresholds = TUNE_THRESHOLDS
+    """Merge thresholds: fragments joined by edges with score <= threshold form one segment.
+    Default: 0.02-0.30 in steps of 0.02, where merge scores concentrate, then 0.35-0.90 in
+    steps of 0.05 (the tuner's grid)."""
     edge_score: str = "merge_score"
     """Edge attribute to threshold: ``merge_score`` (waterz) or ``rl_weight`` (07)."""
     method: Literal["threshold", "mutex"] | None = None
@@ -930,12 +943,6 @@ class WeakLabelsConfig(Section):
             raise ValueError("give either tags (a CSV) or derive (a rule), not both")
         return self
 
-
-TUNE_THRESHOLDS: list[float] = [round(0.02 * i, 2) for i in range(1, 16)] + [
-    round(0.05 * i, 2) for i in range(7, 19)
-]
-"""``tune.thresholds``' default: 0.02-0.30 in steps of 0.02, where merge scores concentrate,
-then 0.35-0.90 in steps of 0.05."""
 
 TUNE_FIXED_KEYS = ("affs", "boundary", "fragments", "mask", "workers")
 """``fragments`` keys that name data or workers, not parameters: ``tune.fragments`` cannot

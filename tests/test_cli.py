@@ -78,7 +78,7 @@ def test_print_config_shows_defaults_and_overrides(tmp_path):
     eff = json.loads(proc.stdout)
     assert eff["workers"]["num_workers"] == 3
     assert eff["fragments"]["method"] == "mutex"
-    assert eff["agglomerate"]["merge_function"] == "hist_quant_75"  # a default
+    assert eff["agglomerate"]["merge_function"] == "mean"  # a default
     assert not (tmp_path / "run").exists()
 
 
