@@ -35,6 +35,7 @@ from marlseg.config import WorkersConfig, dump_config
 from marlseg.errors import ConfigError, StageFailed
 from marlseg.launchers import check_workers, make_launcher
 from marlseg.stage import Stage
+from marlseg.weak_labels.blocks import keep_blocks
 
 
 @dataclass
@@ -60,6 +61,8 @@ class RunSummary:
     worker_restarts: int
     log_dir: str
     first_error: str | None = None
+    blocks_masked: int = 0
+    """Skipped because ``weak_labels.mask`` has nothing to segment there (not in ``skipped``)."""
 
     @property
     def ok(self) -> bool:
@@ -72,7 +75,8 @@ class RunSummary:
                 "blocks",
                 f"{self.blocks_total} total, {self.blocks_done} done, "
                 f"{self.blocks_skipped} skipped (already done), {self.blocks_failed} failed, "
-                f"{self.blocks_orphaned} orphaned",
+                f"{self.blocks_orphaned} orphaned"
+                + (f", {self.blocks_masked} masked out" if self.blocks_masked else ""),
             ),
             (
                 "workers",
@@ -255,6 +259,12 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
             task_kwargs["timeout"] = workers.block_timeout
         task = daisy.Task(stage.name, total_read_roi, read_roi, write_roi, launcher, **task_kwargs)
         mask = stage.skip_mask(list(task.block_grid_shape))
+        keep = keep_blocks(stage.config, stage.name, total_roi, write_shape, task.block_grid_shape)
+        masked = 0
+        if keep is not None:  # issue 19: blocks with nothing to segment
+            own = np.ones(keep.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
+            masked = int((own & ~keep).sum())
+            mask = own & keep
         if mask is not None:
             task = daisy.Task(
                 stage.name,
@@ -296,7 +306,7 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
         stage=stage.name,
         blocks_total=state.total_block_count,
         blocks_done=done,
-        blocks_skipped=state.skipped_count,
+        blocks_skipped=state.skipped_count - masked,
         blocks_failed=state.failed_count,
         blocks_orphaned=state.orphaned_count,
         wall_s=round(wall, 3),
@@ -308,6 +318,7 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
         worker_restarts=state.worker_restart_count,
         log_dir=str(log_dir),
         first_error=_last_line(state.first_worker_error) or None,
+        blocks_masked=masked,
     )
     summaries.mkdir(parents=True, exist_ok=True)
     (summaries / f"{stage.name}.json").write_text(json.dumps(asdict(summary), indent=2))
