@@ -14,14 +14,14 @@ it.
 
 Arms, all on the same detector per seed:
 
-* ``self-play``: greedy games of the trained policy against itself on 25 x 25 tiles of
-  5 x 5 patches (PFSP opponents, relative termination); the selected patches are the defect.
+* ``self-play``: greedy games of the trained policy against itself on 50 x 50 tiles of
+  10 x 10 patches (PFSP opponents, relative termination); the selected patches are the defect.
 * ``score threshold``: the detector's patch scores >= t (t chosen on validation).
 * ``CAM threshold``: the detector's class activation map (probability per voxel) >= t (t
   chosen on validation).
 * ``relative split (no agents)``: the selection perfect play converges to under the relative
   termination rule, computed directly from the scores (what the game's rule alone gives).
-* ``oracle patches``: patches at least half defect in the truth (the best 5 x 5 patch mask).
+* ``oracle patches``: patches at least half defect in the truth (the best 10 x 10 patch mask).
 * ``no mask``: segment everything (the trivial competitor).
 
 Scores on the test volume, pooled over its voxels: **mIoU** = mean of the IoU of the two
@@ -55,10 +55,10 @@ from marlseg.weak_labels.training import train_selfplay
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 CROP = (20, 20)
-PATCH, TILE = (5, 5), (25, 25)
-"""Game patch and tile (y, x): 5 x 5 patches, 5 x 5 of them per game."""
+PATCH, TILE = (10, 10), (50, 50)
+"""Game patch and tile (y, x): 10 x 10 patches, 5 x 5 of them per game."""
 CONTEXT = (CROP[0] - PATCH[0]) // 2
-"""The detector scores a patch with this margin: a window about the size of the tagged crops."""
+"""The detector scores a patch with this margin: a window the size of the tagged crops."""
 TRAIN_Z, VAL_Z = (0, 35), (35, 50)
 TEST_SEED = 7
 THRESHOLDS = np.round(np.linspace(0.01, 0.99, 99), 2)

@@ -18,6 +18,7 @@ never silently mixed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import shutil
@@ -173,10 +174,12 @@ def tracking_dir(stage: BlockwiseStage) -> Path:
     return stage.run_dir / "tracking" / stage.name
 
 
-def _check_fingerprint(stage: BlockwiseStage, restart: bool) -> dict[str, Any]:
+def _check_fingerprint(
+    stage: BlockwiseStage, restart: bool, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     track = tracking_dir(stage)
     params_file = track / "params.json"
-    current = json.loads(json.dumps(stage.fingerprint(), default=str))
+    current = json.loads(json.dumps({**stage.fingerprint(), **(extra or {})}, default=str))
     if params_file.exists():
         previous = json.loads(params_file.read_text())
         if previous != current and not restart:
@@ -221,8 +224,13 @@ def _last_line(text: str) -> str:
 
 def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
     """Run ``stage`` over its total ROI with block tracking; return its summary."""
-    fingerprint = _check_fingerprint(stage, restart)
     total_roi, write_shape, context = stage.geometry()
+    # issue 19: blocks with nothing to segment (weak_labels.skip_blocks); which ones is part of
+    # the fingerprint, so a changed mask is never mixed with blocks done under another
+    grid = [-(-int(t) // int(w)) for t, w in zip(total_roi.shape, write_shape)]
+    keep = keep_blocks(stage.config, stage.name, total_roi, write_shape, grid)
+    extra = None if keep is None else {"weak_labels_keep": hashlib.sha1(keep.tobytes()).hexdigest()}
+    fingerprint = _check_fingerprint(stage, restart, extra)
     voxel_size = stage.voxel_size()
     write_roi = Roi((0,) * len(write_shape), write_shape)
     read_roi = write_roi.grow(context, context)
@@ -259,9 +267,8 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
             task_kwargs["timeout"] = workers.block_timeout
         task = daisy.Task(stage.name, total_read_roi, read_roi, write_roi, launcher, **task_kwargs)
         mask = stage.skip_mask(list(task.block_grid_shape))
-        keep = keep_blocks(stage.config, stage.name, total_roi, write_shape, task.block_grid_shape)
         masked = 0
-        if keep is not None:  # issue 19: blocks with nothing to segment
+        if keep is not None:
             own = np.ones(keep.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
             masked = int((own & ~keep).sum())
             mask = own & keep

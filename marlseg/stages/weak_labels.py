@@ -155,7 +155,8 @@ class WeakLabelsStage(Stage):
         _say(f"weak_labels: {len(tag_rows)} tag rows, {n_crops} crops")
 
         det, det_metrics = self._detector(tag_rows, device, restart)
-        policy, play_metrics = self._policy(raw, det, device, restart)
+        levels = _levels(det_metrics)
+        policy, play_metrics = self._policy(raw, det, levels, device, restart)
 
         stats = labelling.label_volume(
             raw,
@@ -165,6 +166,7 @@ class WeakLabelsStage(Stage):
             patch=sec.patch_size,
             tile=sec.tile_shape,
             context=sec.score_context,
+            levels=levels,
             region=self._region(),
             device=device,
             log=_say,
@@ -227,12 +229,18 @@ class WeakLabelsStage(Stage):
         return det, metrics
 
     def _policy(
-        self, raw, det: PresenceDetector, device: torch.device, restart: bool
+        self,
+        raw,
+        det: PresenceDetector,
+        levels: tuple[float, float],
+        device: torch.device,
+        restart: bool,
     ) -> tuple[PatchPolicy, dict[str, Any]]:
         sec = self.section
         key = labelling.fingerprint(
             {
                 "detector": _digest(det),
+                "levels": levels,
                 "selfplay": sec.selfplay.model_dump(mode="json"),
                 "patch": sec.patch_size,
                 "tile": sec.tile_shape,
@@ -258,6 +266,7 @@ class WeakLabelsStage(Stage):
             scores,
             feats,
             sec.selfplay,
+            levels=levels,
             seed=sec.seed,
             device=device,
             log=_say,
@@ -274,6 +283,15 @@ class WeakLabelsStage(Stage):
             path, policy, {"fingerprint": key, "metrics": metrics, "width": sec.selfplay.width}
         )
         return policy, metrics
+
+
+def _levels(det_metrics: dict[str, Any]) -> tuple[float, float]:
+    """The game's ROI and background levels: the detector's mean scores on the crops tagged 1
+    and 0 (a detector checkpoint from before they were recorded: 0.9 and 0.1)."""
+    return (
+        float(det_metrics.get("level_roi", 0.9)),
+        float(det_metrics.get("level_background", 0.1)),
+    )
 
 
 def _digest(model: torch.nn.Module) -> str:
