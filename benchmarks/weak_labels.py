@@ -61,7 +61,7 @@ CONTEXT = (CROP[0] - PATCH[0]) // 2
 """The detector scores a patch with this margin: a window the size of the tagged crops."""
 TRAIN_Z, VAL_Z = (0, 35), (35, 50)
 TEST_SEED = 7
-THRESHOLDS = np.round(np.linspace(0.01, 0.99, 99), 2)
+THRESHOLDS = np.round(np.arange(0.05, 1.0, 0.05), 2)
 ARMS = (
     "self-play",
     "score threshold",
@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--quick", action="store_true", help="few iterations (smoke test)")
+    ap.add_argument("--append", action="store_true", help="add the seeds to those already in --out")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "weak_labels.json")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "weak_labels.md")
     ap.add_argument("--figure", type=Path, default=ROOT / "docs" / "figures" / "weak_labels.png")
@@ -283,35 +284,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     t0 = time.time()
     test_raw, test_truth = insert_defects(load("fib25_tiny"), TEST_SEED)
-    with tempfile.TemporaryDirectory() as tmp:
-        done = [run_seed(s, det_cfg, play_cfg, test_raw, test_truth, Path(tmp)) for s in args.seeds]
-    runs = [r for r, _ in done]
-    result = {
-        "protocol": __doc__.split("\n\n")[1].replace("\n", " "),
-        "test_defect_fraction": float(test_truth.mean()),
-        "arms": summarise(runs),
-        "runs": runs,
-        "settings": {
-            "detector": det_cfg.model_dump(mode="json"),
-            "selfplay": play_cfg.model_dump(mode="json"),
-            "quick": args.quick,
-        },
-        "wall_s": round(time.time() - t0, 1),
-    }
-    print(table(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     z = int(np.argmax(test_truth.mean(axis=(1, 2)) * (test_truth.mean(axis=(1, 2)) < 0.9)))
-    masks = done[0][1]
-    example = {
-        f"test section {z}": test_raw[z],
-        "truth (defect)": test_truth[z],
-        f"self-play, seed {args.seeds[0]}": masks["self-play"][z],
-        "score threshold": masks["score threshold"][z],
+    settings = {
+        "detector": det_cfg.model_dump(mode="json"),
+        "selfplay": play_cfg.model_dump(mode="json"),
+        "quick": args.quick,
     }
-    figure(result, example, args.figure)
-    if args.doc.exists():
-        write_table(result, args.doc)
+    runs: list[dict] = []
+    if args.append and args.out.exists():
+        before = json.loads(args.out.read_text())
+        if before["settings"] != settings:
+            ap.error(f"{args.out} was made with other settings; drop --append")
+        runs = before["runs"]
+    example = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in [s for s in args.seeds if s not in {r["seed"] for r in runs}]:
+            run, masks = run_seed(seed, det_cfg, play_cfg, test_raw, test_truth, Path(tmp))
+            runs.append(run)
+            # written after every seed: an interrupted benchmark keeps the seeds it finished
+            result = {
+                "protocol": __doc__.split("\n\n")[2].replace("\n", " "),
+                "test_defect_fraction": float(test_truth.mean()),
+                "arms": summarise(runs),
+                "runs": runs,
+                "settings": settings,
+                "wall_s": round(time.time() - t0, 1),
+            }
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+            if example is None:
+                example = {
+                    f"test section {z}": test_raw[z],
+                    "truth (defect)": test_truth[z],
+                    f"self-play, seed {seed}": masks["self-play"][z],
+                    "score threshold": masks["score threshold"][z],
+                }
+            figure(result, example, args.figure)
+            if args.doc.exists():
+                write_table(result, args.doc)
+            print(table(result), flush=True)
     return 0
 
 
