@@ -7,6 +7,10 @@ context may read zeros where a neighbour was skipped upstream), so neurites in k
 untouched; skipped blocks stay at the outputs' fill value (0: no affinities, no fragment, no
 RAG node, background). 04 works on the RAG, which has nothing in skipped blocks; 06 evaluates
 what was written.
+
+Which blocks are kept is part of each stage's fingerprint (:mod:`marlseg.blockwise`): a stage
+re-run with another mask, or with ``skip_blocks`` switched, is refused until ``--restart``, so
+outputs made under two masks are never mixed. Masked blocks are not recorded as done.
 """
 
 from __future__ import annotations
