@@ -20,7 +20,7 @@ from pathlib import Path
 import h5py
 
 from marlseg.config import DatasetRef
-from marlseg.weak_labels.defects import insert_defects
+from marlseg.weak_labels.defects import DefectSettings, insert_defects
 from marlseg.weak_labels.tags import TAG_HEADER_2D, derive_tags
 
 
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tags", type=Path, default=None)
     ap.add_argument("--every", type=int, default=5)
+    ap.add_argument(
+        "--resin", type=float, default=DefectSettings.resin_fraction, help="resin_fraction"
+    )
     args = ap.parse_args(argv)
     with h5py.File(args.src, "r") as f:
         raw_ds = f["volumes/raw"]
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             for k in ("volumes/labels/neuron_ids", "volumes/predictions/boundary_p1")
             if k in f
         }
-    out, truth = insert_defects(raw, args.seed)
+    out, truth = insert_defects(raw, args.seed, DefectSettings(resin_fraction=args.resin))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(args.out, "w") as f:
         for key, data, a in [

@@ -59,7 +59,8 @@ def test_chain_with_the_mask_skips_blocks_and_keeps_voi(tmp_path, mongo_uri):
     from insert_defects import main as insert
 
     vol = tmp_path / "vol.h5"
-    assert insert([str(DATA), str(vol), "--seed", "1"]) == 0
+    # resin over nearly half the width: whole blocks with nothing to segment
+    assert insert([str(DATA), str(vol), "--seed", "1", "--resin", "0.45"]) == 0
 
     def config(name: str, *sets: str):
         return load_config(
@@ -72,6 +73,7 @@ def test_chain_with_the_mask_skips_blocks_and_keeps_voi(tmp_path, mongo_uri):
                 f"gt.path={vol}",
                 f'raw={{"path": "{vol}", "dataset": "volumes/raw"}}',
                 "segments.thresholds=[0.5, 0.7]",
+                "workers.num_workers=1",
                 *sets,
             ],
         )
