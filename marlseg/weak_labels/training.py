@@ -6,9 +6,8 @@ PatchGame` on a random side against an opponent drawn from an
 :class:`~marlseg.weak_labels.opponents.OpponentPool` of its own past snapshots, and reports each
 batch's outcome back to the pool (prioritised fictitious self-play by performance). Three
 choices make it learn on a CPU budget, each found necessary on toy grids: a discount below 1 (a
-pick is credited mostly with its own round), a warm-up in which only the opponent calls
-termination, at random (the agents learn to pick, and to make final picks, before terminating
-can pay off against weak opponents) and a bounded
+pick is credited mostly with its own round), a warm-up without termination calls (the agents
+learn to pick before terminating can pay off against random opponents) and a bounded
 termination logit (a saturated Bernoulli never explores again).
 """
 
