@@ -763,9 +763,8 @@ class SelfPlayConfig(Section):
     (+-1) more than to the distant termination outcome; with 1, early termination against weak
     snapshots is learnt first and never unlearnt (seen on toy grids)."""
     warmup_iterations: NonNegInt = 50
-    """First iterations in which the learner never calls termination (the opponent does, at
-    random, so the learner practises final picks): the agents learn to pick high-scoring
-    patches before termination can pay off against weak opponents."""
+    """First iterations played without termination calls: the agents learn to pick high-scoring
+    patches from the round rewards before termination can pay off against weak opponents."""
     snapshot_every: PosInt = 10
     """Iterations between snapshots of the learner added to the opponent pool."""
     pool_size: PosInt = 50

@@ -26,11 +26,6 @@ from marlseg.networks.weak_labels import PatchPolicy
 from marlseg.weak_labels.game import FEATURE_CHANNELS, OBS_CHANNELS, PatchGame, relative_split
 from marlseg.weak_labels.opponents import OpponentPool
 
-WARMUP_CALL_RATE = 0.1
-"""Warm-up: the chance per move that the opponent calls termination. Without it the learner
-never sees a final pick before termination is allowed, its snapshots make poor final picks,
-and calling termination at once pays against them (seen on toy grids: learnt, never unlearnt)."""
-
 
 @dataclass
 class Rollout:
@@ -94,9 +89,8 @@ def play(
 ) -> Rollout:
     """Play ``game`` to the end (no gradients). ``players[0]`` (the learner) moves in games
     where ``learner_side`` (``(B,)``, 0 or 1) equals the mover, ``players[1]`` elsewhere;
-    ``learner_side=None``: the learner plays side 0 everywhere. ``allow_termination=False``
-    (warm-up): the learner never calls termination and the opponent only at random
-    (:data:`WARMUP_CALL_RATE`). The learner's moves are recorded for
+    ``learner_side=None``: the learner plays side 0 everywhere. ``allow_termination=False``:
+    nobody calls termination (warm-up). The learner's moves are recorded for
     :func:`evaluate_moves`."""
     game.reset()
     b = game.batch
@@ -113,10 +107,7 @@ def play(
             if bool(sel.any()):
                 patch[sel], term[sel] = _sample(who, obs[sel], greedy, gen)
         if not allow_termination:
-            # warm-up: only the opponent calls termination, at random, so that the learner
-            # practises final picks (the state every termination call is judged by)
-            u = torch.rand(b, generator=gen, device=game.device)
-            term = ~mine & active & (u < WARMUP_CALL_RATE)
+            term[:] = False
         out.moved.append(mine)
         out.obs.append(obs[mine])
         out.patch.append(patch[mine])
