@@ -84,10 +84,10 @@ def test_chain_with_the_mask_skips_blocks_and_keeps_voi(tmp_path, mongo_uri):
         "weak_labels.skip_blocks=true",
         f'weak_labels.derive={{"truth": {json.dumps(truth)}}}',
         "weak_labels.device=cpu",
-        "weak_labels.detector.iterations=400",
-        "weak_labels.selfplay.iterations=80",
-        "weak_labels.selfplay.warmup_iterations=20",
-        "weak_labels.selfplay.max_tiles=128",
+        "weak_labels.detector.iterations=600",
+        "weak_labels.selfplay.iterations=150",
+        "weak_labels.selfplay.warmup_iterations=30",
+        "weak_labels.selfplay.max_tiles=256",
     )
     run_stage(masked, "weak_labels")
     with_mask = run_chain(masked)
