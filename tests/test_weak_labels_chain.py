@@ -55,6 +55,7 @@ def test_keep_blocks_follows_the_mask_for_01_to_05_only(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # 08 trains a detector and agents, then two chains run
 def test_chain_with_the_mask_skips_blocks_and_keeps_voi(tmp_path, mongo_uri):
     from insert_defects import main as insert
 
