@@ -18,6 +18,7 @@ never silently mixed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import shutil
@@ -36,6 +37,7 @@ from marlseg.errors import ConfigError, StageFailed
 from marlseg.files import write_atomic
 from marlseg.launchers import check_workers, make_launcher
 from marlseg.stage import Stage
+from marlseg.weak_labels.blocks import keep_blocks
 
 
 @dataclass
@@ -61,6 +63,8 @@ class RunSummary:
     worker_restarts: int
     log_dir: str
     first_error: str | None = None
+    blocks_masked: int = 0
+    """Skipped because ``weak_labels.mask`` has nothing to segment there (not in ``skipped``)."""
 
     @property
     def ok(self) -> bool:
@@ -73,7 +77,8 @@ class RunSummary:
                 "blocks",
                 f"{self.blocks_total} total, {self.blocks_done} done, "
                 f"{self.blocks_skipped} skipped (already done), {self.blocks_failed} failed, "
-                f"{self.blocks_orphaned} orphaned",
+                f"{self.blocks_orphaned} orphaned"
+                + (f", {self.blocks_masked} masked out" if self.blocks_masked else ""),
             ),
             (
                 "workers",
@@ -170,10 +175,12 @@ def tracking_dir(stage: BlockwiseStage) -> Path:
     return stage.run_dir / "tracking" / stage.name
 
 
-def _check_fingerprint(stage: BlockwiseStage, restart: bool) -> dict[str, Any]:
+def _check_fingerprint(
+    stage: BlockwiseStage, restart: bool, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     track = tracking_dir(stage)
     params_file = track / "params.json"
-    current = json.loads(json.dumps(stage.fingerprint(), default=str))
+    current = json.loads(json.dumps({**stage.fingerprint(), **(extra or {})}, default=str))
     if params_file.exists():
         previous = json.loads(params_file.read_text())
         if previous != current and not restart:
@@ -218,8 +225,13 @@ def _last_line(text: str) -> str:
 
 def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
     """Run ``stage`` over its total ROI with block tracking; return its summary."""
-    fingerprint = _check_fingerprint(stage, restart)
     total_roi, write_shape, context = stage.geometry()
+    # issue 19: blocks with nothing to segment (weak_labels.skip_blocks); which ones is part of
+    # the fingerprint, so a changed mask is never mixed with blocks done under another
+    grid = [-(-int(t) // int(w)) for t, w in zip(total_roi.shape, write_shape)]
+    keep = keep_blocks(stage.config, stage.name, total_roi, write_shape, grid)
+    extra = None if keep is None else {"weak_labels_keep": hashlib.sha1(keep.tobytes()).hexdigest()}
+    fingerprint = _check_fingerprint(stage, restart, extra)
     voxel_size = stage.voxel_size()
     write_roi = Roi((0,) * len(write_shape), write_shape)
     read_roi = write_roi.grow(context, context)
@@ -256,6 +268,11 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
             task_kwargs["timeout"] = workers.block_timeout
         task = daisy.Task(stage.name, total_read_roi, read_roi, write_roi, launcher, **task_kwargs)
         mask = stage.skip_mask(list(task.block_grid_shape))
+        masked = 0
+        if keep is not None:
+            own = np.ones(keep.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
+            masked = int((own & ~keep).sum())
+            mask = own & keep
         if mask is not None:
             task = daisy.Task(
                 stage.name,
@@ -297,7 +314,7 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
         stage=stage.name,
         blocks_total=state.total_block_count,
         blocks_done=done,
-        blocks_skipped=state.skipped_count,
+        blocks_skipped=state.skipped_count - masked,
         blocks_failed=state.failed_count,
         blocks_orphaned=state.orphaned_count,
         wall_s=round(wall, 3),
@@ -309,6 +326,7 @@ def run_blockwise(stage: BlockwiseStage, restart: bool = False) -> RunSummary:
         worker_restarts=state.worker_restart_count,
         log_dir=str(log_dir),
         first_error=_last_line(state.first_worker_error) or None,
+        blocks_masked=masked,
     )
     summaries.mkdir(parents=True, exist_ok=True)
     (summaries / f"{stage.name}.json").write_text(json.dumps(asdict(summary), indent=2))

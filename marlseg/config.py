@@ -823,25 +823,22 @@ def _check_yx(v: list[int]) -> list[int]:
 
 
 class DeriveTagsConfig(Section):
-    """Tags derived from a voxel-truth label volume by a fixed rule (benchmarks, demos): every
-    z-section of ``raw`` is cut into ``crop_shape`` crops; the ROI of a section is the voxels
-    of bodies (label != 0) whose cross-section area in that section is at least ``min_area``
-    voxels; a crop is tagged 1 when at least ``min_fraction`` of it is ROI, else 0."""
+    """Tags derived from a voxel truth of the ROI by a fixed rule (benchmarks, demos): every
+    z-section of ``raw`` is cut into ``crop_shape`` crops; a crop is tagged 1 when at least
+    ``min_fraction`` of it is ROI (``truth`` non-zero), else 0."""
 
-    labels: DatasetRef
-    """Neuron ids aligned with ``raw`` (same shape)."""
+    truth: DatasetRef
+    """ROI truth aligned with ``raw`` (same shape; non-zero = ROI, e.g. a defect)."""
     crop_shape: list[int] = [20, 20]
     """Crop (y, x) in voxels; partial crops at the section edge are left out."""
-    min_area: PosInt = 1500
-    """Cross-section area (voxels) from which a body's profile counts as large (ROI)."""
-    min_fraction: Unit = 0.5
+    min_fraction: Unit = 0.25
     """ROI fraction of a crop from which it is tagged 1."""
 
     _v_crop = field_validator("crop_shape")(classmethod(lambda cls, v: _check_yx(v)))
 
 
 class DetectorConfig(Section):
-    """The presence detector (``marlseg.networks.selfplay.PresenceDetector``)."""
+    """The presence detector (``marlseg.networks.weak_labels.PresenceDetector``)."""
 
     iterations: PosInt = 1500
     """Training steps (Adam, binary cross-entropy on the tags)."""
@@ -858,7 +855,7 @@ class DetectorConfig(Section):
 
 
 class SelfPlayConfig(Section):
-    """The patch game and its REINFORCE self-play training (``marlseg.selfplay``)."""
+    """The patch game and its REINFORCE self-play training (``marlseg.weak_labels.training``)."""
 
     iterations: PosInt = 300
     """Policy-gradient updates; each plays ``games_per_iteration`` games against one opponent."""
@@ -877,10 +874,14 @@ class SelfPlayConfig(Section):
     """Iterations between snapshots of the learner added to the opponent pool."""
     pool_size: PosInt = 50
     """Snapshots kept (oldest dropped first)."""
-    opponent_sampling: Literal["truncnorm", "uniform", "latest"] = "truncnorm"
-    """How the opponent is drawn from the pool: ``truncnorm`` (prioritised fictitious self-play:
-    a normal centred on the newest snapshot, truncated to the pool, favours recent ones),
-    ``uniform`` (fictitious self-play) or ``latest`` (the newest snapshot only)."""
+    opponent_sampling: Literal["pfsp", "truncnorm", "uniform", "latest"] = "pfsp"
+    """How the opponent is drawn from the pool: ``pfsp`` (prioritised fictitious self-play by
+    performance: snapshots the learner still loses to are played most), ``truncnorm`` (by age:
+    a normal centred on the newest snapshot, truncated to the pool), ``uniform`` (fictitious
+    self-play) or ``latest`` (the newest snapshot only)."""
+    pfsp_power: float = Field(2.0, ge=0)
+    """``pfsp``: a snapshot the learner beats with rate ``w`` is drawn in proportion to
+    ``(1 - w) ** pfsp_power + 0.05``."""
     sigma: float = Field(0.3, gt=0)
     """Width of the truncated normal as a fraction of the pool size."""
     termination_reward: float = Field(10.0, ge=0)
@@ -894,12 +895,13 @@ class SelfPlayConfig(Section):
 
 
 class WeakLabelsConfig(Section):
-    """Self-play weak labels from image-level tags (``08_weak_labels.py``).
+    """Where to segment, from image-level tags by self-play (``08_weak_labels.py``).
 
-    A detector learns ROI presence from tagged 2D crops; two agents then play the patch game on
-    every ``tile_shape`` tile of every z-section of ``raw`` and the patches they select become
-    the mask (uint8, 1 = ROI, same voxel size and offset as ``raw``). Non-zero = process, so the
-    output can be given as ``fragments.mask`` to skip blocks outside the ROI."""
+    The tags say which 2D crops contain an imaging defect or empty resin (1) and which are
+    clean tissue (0). A detector learns them; two agents then play the patch game on every
+    ``tile_shape`` tile of every z-section of ``raw``, and the patches they select (the defects)
+    are left out of the mask (uint8, 1 = segment here, same voxel size and offset as ``raw``).
+    With ``skip_blocks``, stages 01, 02, 03 and 05 skip the blocks with no voxel to segment."""
 
     tags: Path | None = None
     """CSV of image-level tags. Header ``path,dataset,z0,y0,x0,z1,y1,x1,tag`` (3D boxes, every
@@ -909,7 +911,12 @@ class WeakLabelsConfig(Section):
     derive: DeriveTagsConfig | None = None
     """Derive the tags from labels of ``raw`` instead of reading a CSV (the rule is above)."""
     mask: DatasetRef | None = None
-    """Output mask (uint8). ``null``: ``run.dir/weak_mask.zarr`` / ``volumes/mask``."""
+    """Output mask (uint8, 1 = segment here). ``null``: ``run.dir/weak_mask.zarr`` /
+    ``volumes/mask``."""
+    skip_blocks: bool = False
+    """Stages 01 predict, 02 fragments, 03 agglomerate and 05 extract skip every block whose
+    write ROI has no non-zero voxel of ``mask`` (run ``08`` first), and report them as
+    ``masked`` in their summary. Kept blocks are processed as without the mask."""
     patch_size: list[int] = [10, 10]
     """Game patch (y, x) in voxels: the resolution of the mask."""
     tile_shape: list[int] = [50, 50]
@@ -920,8 +927,6 @@ class WeakLabelsConfig(Section):
     (0: the patch alone, as in the paper). Patch + 2 x context = the tagged crop size keeps the
     detector on inputs like those it learnt from; EM objects are told apart by their
     surroundings."""
-    roi_threshold: Unit = 0.5
-    """A patch whose presence probability reaches this is an ROI patch for the termination rule."""
     chunk_shape: list[int] | None = None
     """Chunk shape of the mask, nm; ``null``: 8 sections by the largest multiple of
     ``tile_shape`` up to 256 voxels in y and x (the regions the mask is written in)."""

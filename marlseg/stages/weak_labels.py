@@ -1,16 +1,16 @@
-"""``08_weak_labels.py``: weak voxel masks from image-level tags, by self-play.
+"""``08_weak_labels.py``: where to segment, from image-level tags, by self-play.
 
 1. Tags: the CSV ``weak_labels.tags`` (or the rule ``weak_labels.derive``) names 2D crops of
-   EM sections as containing the ROI (1) or not (0).
+   EM sections as containing an imaging defect or empty resin (1) or not (0).
 2. A presence detector is trained on the tagged crops (``run.dir/weak_labels/detector.pt``).
 3. The patch policy is trained by self-play on tiles of ``raw`` scored by the detector
    (``run.dir/weak_labels/policy.pt``); no labels are needed for this step.
 4. Every tile of every z-section of ``raw`` is played greedily (the policy against itself); the
-   selected patches are written as a uint8 mask (1 = ROI) with ``raw``'s voxel size and offset,
-   by default to ``run.dir/weak_mask.zarr`` / ``volumes/mask``.
+   selected patches (the defects) are left out of a uint8 mask (1 = segment here) with
+   ``raw``'s voxel size and offset, by default ``run.dir/weak_mask.zarr`` / ``volumes/mask``.
 
-The mask is a valid ``fragments.mask`` (non-zero = process: blocks with no selected voxel are
-skipped) and a weak label volume for training. Checkpoints of an earlier run with the same
+With ``weak_labels.skip_blocks`` the stages 01-05 skip blocks with nothing to segment
+(:mod:`marlseg.weak_labels.blocks`). Checkpoints of an earlier run with the same
 inputs and settings are reused; ``--restart`` retrains. Runs in this process (CPU or one GPU),
 region by region, so memory stays bounded; it is not distributed over workers.
 """
@@ -27,23 +27,25 @@ import numpy as np
 import torch
 from funlib.geometry import Coordinate
 
-from marlseg import selfplay as sp
 from marlseg.config import DatasetRef, WeakLabelsConfig
 from marlseg.errors import ConfigError
-from marlseg.networks.selfplay import PatchPolicy, PresenceDetector
+from marlseg.networks.weak_labels import PatchPolicy, PresenceDetector
 from marlseg.stage import Stage, check_writable
 from marlseg.volumes import dataset_exists, is_hdf5, open_volume, prepare_volume
+from marlseg.weak_labels import detector, labelling, tags, training
+from marlseg.weak_labels.blocks import mask_ref
+from marlseg.weak_labels.game import OBS_CHANNELS
 
 REGION_VOXELS = 256
 """Target y/x extent of the regions the mask is computed and written in (and its chunks)."""
 
 
 class WeakLabelsStage(Stage):
-    """Weak labels from image-level tags by self-play: a presence detector and two competing
-    patch-selecting agents turn crop tags into a voxel mask (zarr)."""
+    """Where to segment, from image-level tags by self-play: a presence detector and two
+    competing patch-selecting agents turn defect tags into a voxel mask (zarr)."""
 
     name = "weak_labels"
-    description = "Weak masks from image-level tags by self-play (a detector + two agents)."
+    description = "Where-to-segment mask from image-level defect tags by self-play."
 
     @property
     def section(self) -> WeakLabelsConfig:
@@ -51,9 +53,7 @@ class WeakLabelsStage(Stage):
 
     @property
     def mask_ref(self) -> DatasetRef:
-        return self.section.mask or DatasetRef(
-            path=self.run_dir / "weak_mask.zarr", dataset="volumes/mask"
-        )
+        return mask_ref(self.config)
 
     @property
     def work_dir(self) -> Path:
@@ -87,12 +87,12 @@ class WeakLabelsStage(Stage):
                 "weak_labels.tags", "set a tags CSV (or weak_labels.derive, a rule on labels)"
             )
         if sec.tags is not None:
-            self._tags = sp.read_tags(sec.tags)
+            self._tags = tags.read_tags(sec.tags)
         else:
-            lab = open_volume(sec.derive.labels, field="weak_labels.derive.labels")
+            lab = open_volume(sec.derive.truth, field="weak_labels.derive.truth")
             if tuple(lab.shape) != tuple(raw.shape):
                 raise ConfigError(
-                    "weak_labels.derive.labels",
+                    "weak_labels.derive.truth",
                     f"shape {list(lab.shape)} differs from raw's {list(raw.shape)}",
                 )
         if sec.detector.checkpoint is not None and not Path(sec.detector.checkpoint).is_file():
@@ -141,7 +141,7 @@ class WeakLabelsStage(Stage):
         t0 = time.time()
         device = _device(sec.device)
         raw = self._raw()
-        tags = getattr(self, "_tags", None) or self._load_tags()
+        tag_rows = getattr(self, "_tags", None) or self._load_tags()
         out = prepare_volume(
             self.mask_ref,
             raw.roi,
@@ -151,12 +151,14 @@ class WeakLabelsStage(Stage):
             field="weak_labels.mask",
         )
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        _say(f"weak_labels: {len(tags)} tag rows, {sum(t.num_crops for t in tags)} crops")
+        n_crops = sum(t.num_crops for t in tag_rows)
+        _say(f"weak_labels: {len(tag_rows)} tag rows, {n_crops} crops")
 
-        det, det_metrics = self._detector(tags, device, restart)
-        policy, play_metrics = self._policy(raw, det, tags, device, restart)
+        det, det_metrics = self._detector(tag_rows, device, restart)
+        levels = _levels(det_metrics)
+        policy, play_metrics = self._policy(raw, det, levels, device, restart)
 
-        stats = sp.label_volume(
+        stats = labelling.label_volume(
             raw,
             out,
             det,
@@ -164,7 +166,7 @@ class WeakLabelsStage(Stage):
             patch=sec.patch_size,
             tile=sec.tile_shape,
             context=sec.score_context,
-            roi_threshold=sec.roi_threshold,
+            levels=levels,
             region=self._region(),
             device=device,
             log=_say,
@@ -174,46 +176,47 @@ class WeakLabelsStage(Stage):
             "detector": det_metrics,
             "selfplay": play_metrics,
             "selected_fraction": stats["selected_fraction"],
+            "kept_fraction": stats["kept_fraction"],
             "voxels": stats["voxels"],
             "wall_s": time.time() - t0,
         }
         (self.work_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         _say(
-            f"weak_labels: wrote {self.mask_ref} ({stats['selected_fraction']:.1%} selected); "
+            f"weak_labels: wrote {self.mask_ref} ({stats['kept_fraction']:.1%} to segment); "
             f"detector tag accuracy {_fmt(det_metrics.get('val_accuracy'))} (held out); "
             f"summary in {self.work_dir / 'summary.json'}"
         )
         return summary
 
-    def _load_tags(self) -> list[sp.Tag]:
+    def _load_tags(self) -> list[tags.Tag]:
         sec = self.section
         if sec.tags is not None:
-            return sp.read_tags(sec.tags)
+            return tags.read_tags(sec.tags)
         d = sec.derive
-        return sp.derive_tags(self.config.raw, d.labels, d.crop_shape, d.min_area, d.min_fraction)
+        return tags.derive_tags(self.config.raw, d.truth, d.crop_shape, d.min_fraction)
 
     def _detector(
-        self, tags: list[sp.Tag], device: torch.device, restart: bool
+        self, tag_rows: list[tags.Tag], device: torch.device, restart: bool
     ) -> tuple[PresenceDetector, dict[str, Any]]:
         sec = self.section
         if sec.detector.checkpoint is not None:
-            state, meta = sp.load_checkpoint(Path(sec.detector.checkpoint))
+            state, meta = labelling.load_checkpoint(Path(sec.detector.checkpoint))
             return _detector_from(state, meta, device), meta.get("metrics", {})
-        key = sp.fingerprint(
+        key = labelling.fingerprint(
             {
-                "tags": sp.tags_fingerprint(tags),
+                "tags": tags.tags_fingerprint(tag_rows),
                 "detector": sec.detector.model_dump(mode="json"),
                 "seed": sec.seed,
             }
         )
         path = self.work_dir / "detector.pt"
         if path.is_file() and not restart:
-            state, meta = sp.load_checkpoint(path)
+            state, meta = labelling.load_checkpoint(path)
             if meta.get("fingerprint") == key:
                 _say(f"weak_labels: reusing {path}")
                 return _detector_from(state, meta, device), meta["metrics"]
-        crops, labels = sp.load_crops(tags)
-        det, metrics = sp.train_detector(
+        crops, labels = tags.load_crops(tag_rows)
+        det, metrics = detector.train_detector(
             crops, labels, sec.detector, seed=sec.seed, device=device, log=_say
         )
         meta = {
@@ -222,41 +225,48 @@ class WeakLabelsStage(Stage):
             "width": sec.detector.width,
             "lse_r": sec.detector.lse_r,
         }
-        sp.save_checkpoint(path, det, meta)
+        labelling.save_checkpoint(path, det, meta)
         return det, metrics
 
     def _policy(
-        self, raw, det: PresenceDetector, tags: list[sp.Tag], device: torch.device, restart: bool
+        self,
+        raw,
+        det: PresenceDetector,
+        levels: tuple[float, float],
+        device: torch.device,
+        restart: bool,
     ) -> tuple[PatchPolicy, dict[str, Any]]:
         sec = self.section
-        key = sp.fingerprint(
+        key = labelling.fingerprint(
             {
                 "detector": _digest(det),
+                "levels": levels,
                 "selfplay": sec.selfplay.model_dump(mode="json"),
                 "patch": sec.patch_size,
                 "tile": sec.tile_shape,
                 "context": sec.score_context,
-                "roi_threshold": sec.roi_threshold,
                 "raw": str(Path(self.config.raw.path).absolute()) + ":" + self.config.raw.dataset,
                 "seed": sec.seed,
             }
         )
         path = self.work_dir / "policy.pt"
         if path.is_file() and not restart:
-            state, meta = sp.load_checkpoint(path)
+            state, meta = labelling.load_checkpoint(path)
             if meta.get("fingerprint") == key:
                 _say(f"weak_labels: reusing {path}")
-                policy = PatchPolicy(sp.OBS_CHANNELS, meta["width"])
+                policy = PatchPolicy(OBS_CHANNELS, meta["width"])
                 policy.load_state_dict(state)
                 return policy.to(device).eval(), meta["metrics"]
         rng = np.random.default_rng(sec.seed)
-        tiles = sp.sample_tiles(raw, sec.tile_shape, sec.score_context, sec.selfplay.max_tiles, rng)
-        scores, feats = sp.tile_inputs(det, tiles, sec.patch_size, sec.score_context, device)
-        policy, hist = sp.train_selfplay(
+        tiles = labelling.sample_tiles(
+            raw, sec.tile_shape, sec.score_context, sec.selfplay.max_tiles, rng
+        )
+        scores, feats = detector.tile_inputs(det, tiles, sec.patch_size, sec.score_context, device)
+        policy, hist = training.train_selfplay(
             scores,
             feats,
             sec.selfplay,
-            roi_threshold=sec.roi_threshold,
+            levels=levels,
             seed=sec.seed,
             device=device,
             log=_say,
@@ -264,15 +274,24 @@ class WeakLabelsStage(Stage):
         last = slice(-max(1, sec.selfplay.iterations // 10), None)
         metrics = {
             "tiles": len(tiles),
-            "agreement_with_threshold": float(np.mean(hist.agreement[last])),
+            "agreement_with_relative_split": float(np.mean(hist.agreement[last])),
             "correct_terminations": float(np.mean(hist.correct_termination[last])),
             "mean_game_steps": float(np.mean(hist.game_steps[last])),
             "pool_size": hist.pool_size[-1],
         }
-        sp.save_checkpoint(
+        labelling.save_checkpoint(
             path, policy, {"fingerprint": key, "metrics": metrics, "width": sec.selfplay.width}
         )
         return policy, metrics
+
+
+def _levels(det_metrics: dict[str, Any]) -> tuple[float, float]:
+    """The game's ROI and background levels: the detector's mean scores on the crops tagged 1
+    and 0 (a detector checkpoint from before they were recorded: 0.9 and 0.1)."""
+    return (
+        float(det_metrics.get("level_roi", 0.9)),
+        float(det_metrics.get("level_background", 0.1)),
+    )
 
 
 def _digest(model: torch.nn.Module) -> str:

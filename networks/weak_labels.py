@@ -1,4 +1,4 @@
-"""The two networks of the self-play patch game (:mod:`marlseg.selfplay`).
+"""The two networks of the self-play patch game (:mod:`marlseg.weak_labels`).
 
 ``PresenceDetector``: a small fully convolutional CNN trained on image-level tags ("this 2D
 crop contains the ROI" / "does not"). Its last layer is a 1x1 convolution to one channel, a
@@ -9,7 +9,7 @@ all of it does. The presence probability of any image (a crop, a game patch) is
 
 ``PatchPolicy``: one network for both players. Input: per-patch feature channels on the patch
 grid (detector score, image statistics, the taken-mask and the game flags, see
-``marlseg.selfplay.observation``). A shared per-patch trunk with one 3x3 layer of grid context
+``marlseg.weak_labels.game.PatchGame.observe``). A shared per-patch trunk with one 3x3 layer of grid context
 gives the patch head (one logit per patch, a categorical over the grid); max- and mean-pooled
 trunk features give the termination head (one Bernoulli logit, bounded so that it never stops
 exploring) and a value head (the return
