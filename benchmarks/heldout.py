@@ -175,6 +175,55 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+BEGIN = "<!-- generated: python benchmarks/heldout.py --write-docs docs/heldout.json -->"
+END = "<!-- end generated -->"
+DOCS = ("docs/network.md", "checkpoints/README.md")
+
+
+DEMO_BEGIN = "<!-- generated: demo scores, python benchmarks/heldout.py --write-docs -->"
+DEMO_THRESHOLDS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+
+
+def demo_table(results: dict) -> str:
+    """The blockwise arm's report-part scores (what ``make demo`` prints) at a few
+    thresholds and at the threshold chosen on the selection part."""
+    arm = next(r for r in results["arms"] if r["mode"].startswith("blockwise"))
+    keep = set(DEMO_THRESHOLDS) | {arm["chosen_threshold"]}
+    lines = [
+        "```",
+        "  threshold  voi_split  voi_merge      voi    arand",
+    ]
+    for r in arm["report"]["per_threshold"]:
+        if any(abs(r["threshold"] - t) < 1e-9 for t in keep):
+            mark = (
+                "  <- chosen on the selection part"
+                if r["threshold"] == arm["chosen_threshold"]
+                else ""
+            )
+            lines.append(
+                f"  {r['threshold']:9.3f}  {r['voi_split']:9.4f}  {r['voi_merge']:9.4f}  "
+                f"{r['voi']:7.4f}  {r['arand']:7.4f}{mark}"
+            )
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def _replace(text: str, begin: str, body: str) -> str:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{begin}\n{body}\n{END}{tail}"
+
+
+def write_docs(results: dict, root: Path) -> None:
+    """Put :func:`table` between the markers of every file in :data:`DOCS`, and
+    :func:`demo_table` into the README."""
+    for rel in DOCS:
+        path = root / rel
+        path.write_text(_replace(path.read_text(), BEGIN, table(results)))
+    readme = root / "README.md"
+    readme.write_text(_replace(readme.read_text(), DEMO_BEGIN, demo_table(results)))
+
+
 def plot(results: dict, png: Path) -> None:
     import matplotlib
 
@@ -212,9 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("docs/heldout.json"))
     p.add_argument("--png", type=Path, default=Path("docs/figures/heldout.png"))
     p.add_argument("--table", type=Path, help="print the docs table of this JSON and exit")
+    p.add_argument("--write-docs", type=Path, help="write this JSON's table into the docs")
     a = p.parse_args(argv)
     if a.table:
         print(table(json.loads(a.table.read_text())))
+        return 0
+    if a.write_docs:
+        write_docs(json.loads(a.write_docs.read_text()), Path(__file__).parents[1])
         return 0
     try:
         base = load_config(a.config)
