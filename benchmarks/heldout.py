@@ -22,7 +22,6 @@ a figure; ``python benchmarks/heldout.py --table docs/heldout.json`` prints the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -37,10 +36,6 @@ TABLE_HEADER = (
     "| ARAND | report's best threshold | VOI there | ARAND there |\n"
     "|---|---|---|---|---|---|---|---|---|---|"
 )
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def overlap_factor(input_shape: list[int], margin: list[int]) -> float:
@@ -116,19 +111,14 @@ def score_in_memory(ckpt: Path, volume: Path, merge_function: str) -> dict:
 def run_arm(
     name: str, ckpt: Path, base: Config, select: Path, report: Path, out: Path, chain: bool
 ) -> dict:
-    from marlseg.stages.predict import default_margin, read_unetr_checkpoint
+    from marlseg.stages.predict import PredictStage, file_digest, read_unetr_checkpoint
     from marlseg.volumes import open_volume
 
     ck = read_unetr_checkpoint(ckpt, "--arm")
-    net = ck["network_config"]
-    rep_raw = open_volume(base.raw.model_copy(update={"path": report}), field="raw")
-    vs = [int(v) for v in rep_raw.voxel_size]
-    margin_nm = base.predict.margin
-    margin = (
-        [int(m) // v for m, v in zip(margin_nm, vs)]
-        if margin_nm is not None
-        else default_margin(net.input_shape)
-    )
+    rep_cfg = part_config(base, report, out / name / "report", f"ho_{name}_r", ckpt)
+    rep_raw = open_volume(rep_cfg.raw, field="raw")
+    stage = PredictStage(rep_cfg)  # the margin 01 uses, from the config or the default
+    margin = stage.margin_voxels()
     result: dict = {
         "arm": name,
         "mode": "blockwise chain 01-06" if chain else "in-memory chain",
@@ -137,11 +127,11 @@ def run_arm(
         "lsds": bool(ck.get("lsds", False)),
         "iteration": ck.get("iteration"),
         "margin_voxels": margin,
-        "overlap_factor": round(overlap_factor(list(net.input_shape), margin), 3),
+        "overlap_factor": round(overlap_factor(list(stage.network().input_shape), margin), 3),
     }
     if chain:
         sel = run_chain(part_config(base, select, out / name / "select", f"ho_{name}_s", ckpt))
-        rep = run_chain(part_config(base, report, out / name / "report", f"ho_{name}_r", ckpt))
+        rep = run_chain(rep_cfg)
         vox = math.prod(int(s) for s in rep_raw.roi.shape / rep_raw.voxel_size)
         result["predict_mvoxel_per_s_per_worker"] = round(
             vox / 1e6 / rep["wall_s"]["predict"] / base.workers.num_workers, 4
