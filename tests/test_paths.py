@@ -128,3 +128,27 @@ def test_non_editable_install_finds_the_shipped_checkpoint(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert Path(run.stdout.strip()).is_relative_to(target)  # the installed copy, not the repo's
+    # every package of the source tree is installed (a package missing from setup.cfg's list
+    # works in an editable install and fails in this one)
+    packages = [
+        ".".join(("marlseg", *d.relative_to(src / top).parts))
+        if top == "marlseg"
+        else ".".join(("marlseg", top, *d.relative_to(src / top).parts))
+        for top in ("marlseg", "networks", "gp_pipelines", "db")
+        for d in [src / top, *sorted(p.parent for p in (src / top).rglob("*/__init__.py"))]
+    ]
+    probe = (
+        "import importlib, sys; [print(importlib.import_module(m).__file__) for m in sys.argv[1:]]"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe, *packages],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    files = run.stdout.split()
+    assert len(files) == len(packages) > 5
+    outside = [f for f in files if not Path(f).is_relative_to(target)]
+    assert not outside, f"not installed: {outside}"
