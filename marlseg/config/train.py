@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from marlseg.config.base import (
     DatasetRef,
@@ -52,7 +52,7 @@ class TrainConfig(Section):
 
     raw: list[DatasetRef] = []
     """Raw volumes to train on (HDF5 or zarr, one voxel size)."""
-    labels: list[DatasetRef] = []
+    labels: list[DatasetRef] = Field(default=[], validate_default=True)
     """Neuron-id volumes, one per ``raw`` (label 0 = boundary/background)."""
     masks: list[DatasetRef] = []
     """Optional labelled-region masks, one per ``raw`` (non-zero = labelled); affinities
@@ -105,12 +105,12 @@ class TrainConfig(Section):
     process, each a pure function of (seed, iteration), so a resumed run is exact."""
     seed: int = 0
 
-    @field_validator("masks")
+    @field_validator("labels", "masks")
     @classmethod
-    def _one_mask_per_raw(cls, v: list[DatasetRef], info: Any) -> list[DatasetRef]:
-        # labels are checked once, by _labels (which also refuses no labels for given raw)
+    def _one_per_raw(cls, v: list[DatasetRef], info: Any) -> list[DatasetRef]:
+        # labels: always one per raw (also when omitted); masks: none, or one per raw
         raw = info.data.get("raw")
-        if raw is not None and v and len(v) != len(raw):
+        if raw is not None and (v or info.field_name == "labels") and len(v) != len(raw):
             raise ValueError(f"{len(v)} volumes for {len(raw)} raw volumes (one per raw)")
         return v
 
@@ -125,9 +125,3 @@ class TrainConfig(Section):
                 f"(post-processing reads channels 0-2 as those), got {nbh[:3]}"
             )
         return nbh
-
-    @model_validator(mode="after")
-    def _labels(self) -> TrainConfig:
-        if len(self.labels) != len(self.raw):
-            raise ValueError(f"{len(self.labels)} labels for {len(self.raw)} raw volumes")
-        return self
