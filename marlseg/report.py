@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from marlseg.errors import ConfigError, MarlsegError
-from marlseg.overlays import best_threshold
+from marlseg.segmentations import best_threshold
 
 MAX_IMAGES_PER_FOLDER = 24
 """Folders with more PNGs (training snapshots) are sampled evenly down to this many."""

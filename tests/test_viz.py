@@ -27,11 +27,14 @@ import numpy as np
 import pytest
 from funlib.geometry import Roi
 
-from marlseg import overlays, volumes
+from marlseg import volumes
 from marlseg.config import Config, DatasetRef
 from marlseg.errors import ConfigError
-from marlseg.overlays import find_errors, write_overlays
+from marlseg.overlays import write_overlays
 from marlseg.report import write_report
+from marlseg.section_errors import find_errors
+from marlseg.sections import choose_sections, read_section
+from marlseg.segmentations import Lut, best_threshold
 from marlseg.viewer import viewer_state
 
 REPO = Path(__file__).parents[1]
@@ -148,12 +151,12 @@ def test_find_errors_ignores_small_overlaps_and_perfect_segmentations():
 
 def test_lut_relabels_and_keeps_unknown_ids(tmp_path):
     np.savez(tmp_path / "l.npz", fragment_ids=[30, 10, 20], segment_ids=[3, 1, 1])
-    lut = overlays.Lut.load(tmp_path / "l.npz")
+    lut = Lut.load(tmp_path / "l.npz")
     out = lut.apply(np.array([[0, 10, 20], [30, 40, 10]], np.uint64))
     np.testing.assert_array_equal(out, [[0, 1, 1], [3, 40, 1]])
     np.savez(tmp_path / "bad.npz", fragment_ids=[1, 2], segment_ids=[1])
     with pytest.raises(ConfigError, match="differ"):
-        overlays.Lut.load(tmp_path / "bad.npz")
+        Lut.load(tmp_path / "bad.npz")
 
 
 # --- overlays -------------------------------------------------------------------------------
@@ -234,27 +237,27 @@ def test_sections_of_another_voxel_size_are_sampled_on_the_section_grid(tmp_path
     ref = DatasetRef(path=tmp_path / "fine.zarr", dataset="raw")
     a = volumes.prepare_volume(ref, ROI, fine, data.dtype, ROI.shape)
     volumes.write(a, ROI, data)
-    sections = overlays.choose_sections(ROI, VS, num_z=1)
+    sections = choose_sections(ROI, VS, num_z=1)
     xy, xz = sections
     assert xy.name == "z0006" and xz.name == "xz_y0018" and xy.shape == (32, 40)
-    img = overlays.read_section(a, xy)
+    img = read_section(a, xy)
     # section pixel (r, c) samples the fine voxel under the coarse voxel's centre, which is
     # the corner (8r + 4 nm) between fine voxels 2r and 2r + 1: the half-open 2r + 1
     np.testing.assert_array_equal(img, data[4, 1::2, 1::2])
-    img = overlays.read_section(a, xz)
+    img = read_section(a, xz)
     np.testing.assert_array_equal(img, data[:, 33, 1::2])
 
 
 def test_sections_are_cropped_around_the_centre():
-    xy, xz = overlays.choose_sections(ROI, VS, num_z=1, max_size=10)
+    xy, xz = choose_sections(ROI, VS, num_z=1, max_size=10)
     assert xy.shape == (10, 10) and xz.shape == (8, 10)
     assert xy.roi.offset == (OFFSET[0] + 4 * 40, OFFSET[1] + 11 * 8, OFFSET[2] + 15 * 8)
 
 
 def test_best_threshold():
-    assert overlays.best_threshold(SCORES) == 0.5
-    assert overlays.best_threshold([]) is None
-    assert overlays.best_threshold([{"threshold": 0.1, "voi_split": None}]) is None
+    assert best_threshold(SCORES) == 0.5
+    assert best_threshold([]) is None
+    assert best_threshold([{"threshold": 0.1, "voi_split": None}]) is None
 
 
 # --- viewer ---------------------------------------------------------------------------------
