@@ -6,7 +6,8 @@ see :mod:`marlseg.db.graph` for the schema and the ownership rule.
 
 from .connection import ENV_URI, connect, mask_uri, resolve_uri
 from .errors import DbError
-from .graph import SCHEMA_VERSION, MongoDbGraphDatabase
+from .graph import MongoDbGraphDatabase
+from .schema import SCHEMA_VERSION
 from .server import EmbeddedServer, open_graph_db
 
 __all__ = [

@@ -67,7 +67,7 @@ def claim(rag: Any, run_dir: str | os.PathLike[str]) -> None:
     database at once exactly one wins, and the other is refused). Owned by this run: nothing
     to do. Owned by another run: :class:`ConfigError` on ``db.name``, nothing changed."""
     from marlseg.db import mask_uri
-    from marlseg.db.graph import META_ID
+    from marlseg.db.schema import META_ID
 
     me = run_identity(run_dir)
     meta = rag.meta.find_one({"_id": META_ID}) or {}

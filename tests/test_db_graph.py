@@ -13,7 +13,7 @@ from funlib.persistence.graphs.graph_database import GraphDataBase
 from funlib.persistence.types import Vec
 
 from marlseg.db import DbError, MongoDbGraphDatabase
-from marlseg.db.graph import META_ID
+from marlseg.db.schema import META_ID
 
 BLOCK = 100  # nm; a 2 x 2 x 2 grid of blocks covers [0, 200)^3
 BLOCKS = [Roi((z, y, x), (BLOCK,) * 3) for z, y, x in itertools.product((0, BLOCK), repeat=3)]
@@ -158,7 +158,7 @@ def test_double_write_is_idempotent(
     db = MongoDbGraphDatabase(
         mongo_uri, graph_db.db_name, write_strategy=strategy, transactions=transactions
     )
-    assert db._transactions is (transactions is None)  # the test server is a replica set
+    assert db.backend.transactions is (transactions is None)  # the test server is a replica set
     ids, centers, sizes, u, v, score = make_rag(60, 150, seed=2)
     block = in_roi(centers, BLOCKS[0])
     own = np.isin(u, ids[block])
