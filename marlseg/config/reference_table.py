@@ -3,7 +3,10 @@ docstrings. Imports :mod:`marlseg.config.base` and :mod:`marlseg.config.root`.""
 
 from __future__ import annotations
 
+import inspect
 import json
+import typing
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -14,8 +17,6 @@ from marlseg.config.root import Config
 def reference(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """``(key, default, description)`` for every field, nested sections flattened: the
     README's config reference is generated from this, so code and docs are the same text."""
-    import typing
-
     rows: list[tuple[str, str, str]] = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
@@ -44,4 +45,26 @@ def reference_markdown() -> str:
         lines.append(
             f"| `{key}` | {f'`{default}`' if default else ''} | {text.replace('|', '/')} |"
         )
+    return "\n".join(lines)
+
+
+def sections_markdown() -> str:
+    """docs/architecture.md's "which file for which key" table: every top-level key, the file
+    that defines (and documents) its fields, and the stage module that reads it when the key
+    is a stage's own section (``run`` is the run directory, not the chain stage ``run``)."""
+    from marlseg.stages import STAGES
+
+    root = Path(__file__).resolve().parents[2]
+    lines = ["| key | defined in | the stage that runs it |", "|---|---|---|"]
+    for name, field in Config.model_fields.items():
+        ann = field.annotation
+        model = next(
+            a
+            for a in (ann, *typing.get_args(ann))
+            if isinstance(a, type) and issubclass(a, Section)
+        )
+        defined = Path(inspect.getfile(model)).resolve().relative_to(root)
+        stage = STAGES.get(name, "").split(":")[0] if name != "run" else ""
+        stage_file = f"`{stage.replace('.', '/')}.py`" if stage else ""
+        lines.append(f"| `{name}` | `{defined}` ({model.__name__}) | {stage_file} |")
     return "\n".join(lines)
