@@ -11,9 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from marlseg.crashtest import maybe_die_for_test
-from marlseg.stages.agglomerate import FragmentBlocksStage, open_fragments
-from marlseg.stages.fragments import check_existing_output, ref_id, upstream_fingerprint
-from marlseg.stages.segments import apply_lut, check_lut, load_lut, lut_digest
+from marlseg.luts import apply_lut, check_lut, load_lut, lut_digest
+from marlseg.stages.common import (
+    FragmentBlocksStage,
+    check_existing_output,
+    open_fragments,
+    ref_id,
+    upstream_fingerprint,
+)
 from marlseg.volumes import check_multiple, open_volume, prepare_volume, read, write
 
 
