@@ -111,8 +111,9 @@ def score_in_memory(ckpt: Path, volume: Path, merge_function: str) -> dict:
 def run_arm(
     name: str, ckpt: Path, base: Config, select: Path, report: Path, out: Path, chain: bool
 ) -> dict:
+    from marlseg.files import file_digest
     from marlseg.inference import read_unetr_checkpoint
-    from marlseg.stages.predict import PredictStage, file_digest
+    from marlseg.stages.predict import PredictStage
     from marlseg.volumes import open_volume
 
     ck = read_unetr_checkpoint(ckpt, "--arm")

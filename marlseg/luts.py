@@ -16,7 +16,6 @@ May import: marlseg's library modules (config, errors, labels); never a stage.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,15 +134,6 @@ def save_lut(path: Path, fragment_ids: np.ndarray, segment_ids: np.ndarray) -> N
 def load_lut(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with np.load(path) as data:
         return data["fragment_ids"], data["segment_ids"]
-
-
-def lut_digest(path: Path) -> str:
-    """Content hash of a LUT file (what the stages downstream fingerprint)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def apply_lut(

@@ -14,7 +14,6 @@ raw and the checkpoint). The checkpoint's ``network`` entry defines the architec
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from marlseg.blockwise import BlockwiseStage
 from marlseg.config import DatasetRef, NetworkConfig
 from marlseg.crashtest import maybe_die_for_test
 from marlseg.errors import ConfigError
+from marlseg.files import file_digest
 from marlseg.inference import (
     affinity_channels,
     checkpoint_path,
@@ -37,14 +37,6 @@ from marlseg.inference import (
 )
 from marlseg.stage import check_writable
 from marlseg.volumes import check_multiple, is_hdf5, open_volume, prepare_volume, write
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 # --- the stage --------------------------------------------------------------------------------
