@@ -55,6 +55,7 @@ from marlseg.errors import ConfigError
 from marlseg.luts import apply_lut, connected_luts
 from marlseg.stage import Stage
 from marlseg.volumes import check_multiple, dataset_exists, open_volume, read
+from marlseg.watershed import compute_fragments
 
 UNUSED_BY = {
     "watershed": ("mutex_offsets", "mutex_bias"),
@@ -351,7 +352,7 @@ class Sweep:
         out = np.zeros(tuple(region.shape / self.vs), dtype=np.uint64)
         per_block = int(np.prod(block / self.vs))
         for index, write in blocks(self.total, block, region):
-            frags = W.compute_fragments(self.affs_in(write.grow(ctx, ctx)), section)
+            frags = compute_fragments(self.affs_in(write.grow(ctx, ctx)), section)
             inner = _cut(frags, write.grow(ctx, ctx), write, self.vs)
             _cut(out, region, write, self.vs)[...] = W.block_fragment_ids(inner, index, per_block)
             self.counts.fragment_blocks += 1
