@@ -14,6 +14,8 @@ Two sources produce them:
   turned into affinities per block by ``aff_d(x) = 1 - max(b(x), b(x + d))``: two voxels are
   as connected as the more membrane-like of the two allows. Outside the data ``b = 1``.
 
+:func:`affinity_source` picks the one a config's fragments read (:class:`AffinitySource`).
+
 A block computes affinities over its read ROI only, so the boundary is read one voxel further
 on the low side of every axis (where ``x + d`` points); the result is a pure function of the
 block's ROI, which is what makes blockwise work resumable.
