@@ -146,7 +146,8 @@ def score(config: Path, sets: list[str], attr: str, method: str) -> dict:
     segmentation (what ``05`` and ``06`` compute, from the fragments' contingency table)."""
     from marlseg import metrics
     from marlseg.config import load_config
-    from marlseg.stages.segments import SegmentsStage, apply_lut, load_lut
+    from marlseg.luts import apply_lut, load_lut
+    from marlseg.stages.segments import SegmentsStage
 
     cfg = load_config(config, [*sets, f"segments.edge_score={attr}", f"segments.method={method}"])
     stage = SegmentsStage(cfg)

@@ -95,7 +95,7 @@ def score_in_memory(ckpt: Path, volume: Path, merge_function: str) -> dict:
     """The in-memory chain training validates with (prediction with 01's windows, waterz's
     own watershed and agglomeration) over a whole part."""
     from marlseg.config import DatasetRef, ValidationConfig
-    from marlseg.train import score_checkpoint
+    from marlseg.validation import score_checkpoint
 
     vc = ValidationConfig(
         raw=DatasetRef(path=volume, dataset="volumes/raw"),
@@ -111,7 +111,9 @@ def score_in_memory(ckpt: Path, volume: Path, merge_function: str) -> dict:
 def run_arm(
     name: str, ckpt: Path, base: Config, select: Path, report: Path, out: Path, chain: bool
 ) -> dict:
-    from marlseg.stages.predict import PredictStage, file_digest, read_unetr_checkpoint
+    from marlseg.files import file_digest
+    from marlseg.inference import read_unetr_checkpoint
+    from marlseg.stages.predict import PredictStage
     from marlseg.volumes import open_volume
 
     ck = read_unetr_checkpoint(ckpt, "--arm")

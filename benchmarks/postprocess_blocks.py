@@ -37,8 +37,8 @@ from marlseg import metrics  # noqa: E402
 from marlseg import watershed as W  # noqa: E402
 from marlseg.affinities import boundary_to_affinities  # noqa: E402
 from marlseg.config import load_config  # noqa: E402
-from marlseg.stages.fragments import compute_fragments  # noqa: E402
-from marlseg.stages.segments import apply_lut  # noqa: E402
+from marlseg.luts import apply_lut  # noqa: E402
+from marlseg.watershed import compute_fragments  # noqa: E402
 
 BEFORE = "94de7e9"
 """The last commit before issue 20's changes."""

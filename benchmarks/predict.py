@@ -44,13 +44,8 @@ sys.path.insert(0, str(ROOT))
 from funlib.geometry import Coordinate, Roi  # noqa: E402
 
 from marlseg.config import Config, DatasetRef  # noqa: E402
-from marlseg.stages.predict import (  # noqa: E402
-    PredictStage,
-    load_model,
-    predict_windows,
-    select_device,
-    window_grid,
-)
+from marlseg.inference import load_model, predict_windows, select_device, window_grid  # noqa: E402
+from marlseg.stages.predict import PredictStage  # noqa: E402
 from marlseg.volumes import open_volume, prepare_volume, write  # noqa: E402
 
 

@@ -170,7 +170,7 @@ def finetune_and_score(
     """Fine-tune, choose checkpoint and threshold on the selection part, score the report
     part at that threshold. The result is kept in the run's ``result.json`` (a rerun reuses
     it)."""
-    from marlseg.train import score_checkpoint
+    from marlseg.validation import score_checkpoint
 
     run_dir = out / regime / arm / f"seed{seed}"
     done = run_dir / "result.json"

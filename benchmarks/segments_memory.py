@@ -55,7 +55,7 @@ def synthetic_batches(n_nodes: int, n_edges: int, batch: int, seed: int = 0):
 
 
 def point_stream(n_nodes: int, n_edges: int) -> dict:
-    from marlseg.stages.segments import connected_luts
+    from marlseg.luts import connected_luts
 
     nodes = np.arange(1, n_nodes + 1, dtype=np.uint64) * np.uint64(3)
     base = psutil.Process().memory_info().rss

@@ -29,21 +29,6 @@ def neighborhood(long_range: Sequence[int] = ()) -> list[list[int]]:
     return offsets
 
 
-def check_neighborhood(nbh: Sequence[Sequence[int]]) -> list[list[int]]:
-    nbh = [list(map(int, o)) for o in nbh]
-    if not nbh:
-        raise ValueError("the neighbourhood needs at least one offset")
-    for o in nbh:
-        if len(o) != 3 or not any(o):
-            raise ValueError(f"offsets are 3 non-all-zero integers (z, y, x), got {o}")
-    if nbh[:3] != NEAREST:
-        raise ValueError(
-            f"the first three offsets must be the nearest three {NEAREST} (post-processing "
-            f"reads channels 0-2 as those), got {nbh[:3]}"
-        )
-    return nbh
-
-
 def affinity_targets(
     labels: gp.ArrayKey,
     affinities: gp.ArrayKey,

@@ -14,6 +14,8 @@ Two sources produce them:
   turned into affinities per block by ``aff_d(x) = 1 - max(b(x), b(x + d))``: two voxels are
   as connected as the more membrane-like of the two allows. Outside the data ``b = 1``.
 
+:func:`affinity_source` picks the one a config's fragments read (:class:`AffinitySource`).
+
 A block computes affinities over its read ROI only, so the boundary is read one voxel further
 on the low side of every axis (where ``x + d`` points); the result is a pure function of the
 block's ROI, which is what makes blockwise work resumable.
@@ -27,9 +29,9 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 
-from marlseg.config import DatasetRef
+from marlseg.config import Config, DatasetRef
 from marlseg.errors import ConfigError
-from marlseg.volumes import open_volume, read
+from marlseg.volumes import dataset_exists, open_volume, read
 
 NEAREST: tuple[tuple[int, int, int], ...] = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
 """Offsets of the first three affinity channels (z, y, x)."""
@@ -165,3 +167,16 @@ class AffinitySource:
         grown = roi.grow(vs, Coordinate((0,) * 3))
         b = to_unit(read(self.array, grown, fill_value=1 if self.array.dtype != np.uint8 else 255))
         return boundary_to_affinities(b)[:, 1:, 1:, 1:]
+
+
+def affinity_source(config: Config) -> AffinitySource:
+    """The fragments' input: ``fragments.boundary`` if set, else ``fragments.affs`` (default:
+    ``predict``'s output)."""
+    if config.fragments.boundary is None and not dataset_exists(config.fragment_affs):
+        field = "fragments.affs" if config.fragments.affs else "predict.affs"
+        raise ConfigError(
+            field,
+            f"no affinities at {config.fragment_affs} (run 01_predict.py, or set "
+            "fragments.affs or fragments.boundary)",
+        )
+    return AffinitySource(config.fragment_affs, config.fragments.boundary)

@@ -89,10 +89,7 @@ class ChainStage(Stage):
     def shared_services(self):
         """Keep the database up across stages (each stage would otherwise start and stop
         the embedded server)."""
-        try:
-            from marlseg.rag import graph_service
-        except ImportError:
-            yield
-            return
+        from marlseg.rag import graph_service
+
         with graph_service(self.config):
             yield

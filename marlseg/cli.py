@@ -2,8 +2,8 @@
 
 ``python workflows/NN_stage.py config.json [--set section.key=value ...] [--print-config]``.
 User-fixable problems print one line, ``error: <field path or file>: <problem>``, and exit with
-code 2 (3 for a stage not built yet, 1 for a stage whose blocks failed); nothing is written
-before the config and the inputs have been checked.
+code 2 (1 for a stage whose blocks failed); nothing is written before the config and the
+inputs have been checked.
 """
 
 from __future__ import annotations

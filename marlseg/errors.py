@@ -29,12 +29,6 @@ class ConfigError(MarlsegError):
     """The config (or a file it names) is wrong. Raised before anything is written."""
 
 
-class NotBuiltYet(MarlsegError):
-    """A stage that a later issue builds. Exit code 3, never a fake result."""
-
-    exit_code = 3
-
-
 class StageFailed(MarlsegError):
     """A stage ran but did not complete (blocks failed after their retries)."""
 

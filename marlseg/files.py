@@ -5,10 +5,14 @@ later runs and by workers: a crash mid-write must leave the old file or the new 
 torn one. :func:`write_atomic` writes a temporary file beside the target, flushes it to disk
 and renames it over the target (atomic on POSIX). ``private`` files are created ``0600``
 from the start (not chmod-ed after: there is no moment at which others can read them).
+
+:func:`file_digest` is the content hash fingerprints record for an input file (a checkpoint,
+a LUT): a changed file invalidates what was computed from it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -29,3 +33,12 @@ def write_atomic(path: str | os.PathLike[str], text: str, *, private: bool = Fal
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The first 16 hex digits of the file's SHA-256."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

@@ -10,7 +10,7 @@ It runs in memory on the crop, with the functions the blockwise stages use, on t
 block grid, so what it picks is what the chain does:
 
 * **fragments** (as ``02``): for every block of ``fragments.block_shape`` on the grid anchored
-  at the affinities' begin that the crop needs, :func:`marlseg.stages.fragments.compute_fragments`
+  at the affinities' begin that the crop needs, :func:`marlseg.watershed.compute_fragments`
   over the block's write ROI grown by ``fragments.context``, cropped to the write ROI, given the
   block's id range (:func:`marlseg.watershed.block_fragment_ids`). Fragments are cut at the
   block faces exactly where the chain cuts them, so the block shape is a real choice.
@@ -19,7 +19,7 @@ block grid, so what it picks is what the chain does:
   the block owns.
 * **scores** (as ``04`` + ``06``): one contingency table of fragments against ``gt`` per
   fragment setting; per threshold, the connected components of the edges with score ``<=``
-  the threshold (:func:`marlseg.stages.segments.connected_luts`) relabel its fragment column
+  the threshold (:func:`marlseg.luts.connected_luts`) relabel its fragment column
   and :func:`marlseg.metrics.scores` gives VOI and ARAND.
 
 Reuse: the affinities are read (or predicted, when the config has neither stored affinities
@@ -52,10 +52,10 @@ from marlseg import metrics
 from marlseg import watershed as W
 from marlseg.config import Config, FragmentsConfig
 from marlseg.errors import ConfigError
+from marlseg.luts import apply_lut, connected_luts
 from marlseg.stage import Stage
-from marlseg.stages.fragments import compute_fragments
-from marlseg.stages.segments import apply_lut, connected_luts
 from marlseg.volumes import check_multiple, dataset_exists, open_volume, read
+from marlseg.watershed import compute_fragments
 
 UNUSED_BY = {
     "watershed": ("mutex_offsets", "mutex_bias"),
@@ -136,7 +136,7 @@ class Affinities:
         f = config.fragments
         self.predicted = f.boundary is None and not dataset_exists(config.fragment_affs)
         if self.predicted and f.affs is None and config.raw is not None:
-            from marlseg.stages.predict import checkpoint_path
+            from marlseg.inference import checkpoint_path
 
             ckpt = checkpoint_path(config.predict.checkpoint)
             if not ckpt.is_file():
@@ -144,7 +144,7 @@ class Affinities:
             raw = open_volume(config.raw, field="raw")
             self.roi, self.voxel_size = raw.roi, raw.voxel_size
         else:
-            from marlseg.stages.fragments import affinity_source
+            from marlseg.affinities import affinity_source
 
             self.source = affinity_source(config)  # one line if there are none
             self.predicted = False
@@ -160,7 +160,7 @@ class Affinities:
         """As ``01_predict.py`` writes and ``02`` reads them: the chain's window grid,
         quantised to uint8, affinity 0 outside the raw."""
         from marlseg.affinities import to_unit
-        from marlseg.stages.predict import (
+        from marlseg.inference import (
             checkpoint_path,
             default_margin,
             load_model,
@@ -403,7 +403,7 @@ class Sweep:
         return rows
 
     def run(self, progress: bool = True) -> Result:
-        from marlseg.train import quiet_stdout
+        from marlseg.validation import quiet_stdout
 
         t0 = time.perf_counter()
         thresholds = sorted({round(float(t), 6) for t in self.config.tune.thresholds})

@@ -13,6 +13,8 @@ Fragments (``02_extract_fragments.py``):
   repulsive long-range edges (see :data:`DEFAULT_MUTEX_OFFSETS`).
 * :func:`epsilon_agglomerate`, :func:`filter_by_mean_affinity`, :func:`remove_small` —
   optional clean-up inside the block.
+* :func:`compute_fragments` — a block's fragments with every option of a ``fragments``
+  section applied (what ``02`` and the tuner run).
 * :func:`block_fragment_ids` — unique ids across blocks by construction.
 * :func:`fragment_stats` — RAG node rows (centre of mass, size).
 
@@ -23,6 +25,7 @@ Agglomeration (``03_agglomerate.py``): :func:`adjacency` (the region graph), :fu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from funlib.geometry import Coordinate
@@ -31,6 +34,9 @@ from scipy.ndimage import distance_transform_edt, label, maximum_filter
 from marlseg.affinities import NEAREST, long_range_affinities
 from marlseg.labels import dense_relabel, label_stats, unique_inverse
 from marlseg.merge_tree import history_arrays, scores_from_history
+
+if TYPE_CHECKING:
+    from marlseg.config import FragmentsConfig
 
 
 def skimage_watershed(image: np.ndarray, markers: np.ndarray) -> np.ndarray:
@@ -248,6 +254,31 @@ def remove_small(fragments: np.ndarray, min_size: int) -> np.ndarray:
         return fragments
     keep_ids = np.where(drop, 0, ids).astype(fragments.dtype)
     return keep_ids[inverse.reshape(-1)].reshape(fragments.shape)
+
+
+def compute_fragments(
+    affs: np.ndarray, section: FragmentsConfig, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """The fragments of one block's read ROI, every option of ``section`` applied."""
+    if section.method == "watershed":
+        frags = seeded_watershed(
+            affs, section.boundary_threshold, section.min_seed_distance, section.fragments_in_xy
+        )
+    elif section.method == "waterz":  # epsilon merges in the same waterz call
+        frags = waterz_watershed(affs, section.fragments_in_xy, section.epsilon_agglomerate)
+    else:
+        frags = mutex_watershed(
+            affs, section.mutex_offsets, section.mutex_bias, section.fragments_in_xy
+        )
+    if mask is not None:
+        frags[~mask] = 0
+    if section.epsilon_agglomerate > 0 and section.method != "waterz":
+        frags = epsilon_agglomerate(affs, frags, section.epsilon_agglomerate)
+    if section.filter_fragments > 0:
+        frags = filter_by_mean_affinity(frags, affs[:3].mean(axis=0), section.filter_fragments)
+    if section.min_size > 0:
+        frags = remove_small(frags, section.min_size)
+    return frags
 
 
 def block_fragment_ids(

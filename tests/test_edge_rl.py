@@ -622,8 +622,9 @@ def test_stage_round_trip_rl_weight_in_mongodb(tmp_path, mongo_uri):
 
     # 04 on rl_weight gives, at t = edge_rl.partition_threshold, exactly the partition the
     # policy was rewarded for (the training env's partitioner on the weights in the database)
+    from marlseg.luts import load_lut
     from marlseg.partition import partition
-    from marlseg.stages.segments import SegmentsStage, load_lut
+    from marlseg.stages.segments import SegmentsStage
 
     db = MongoDbGraphDatabase(mongo_uri, name, mode="r")
     got = db.read_edges_for_nodes(ids, attrs=["rl_weight", "merge_score"])

@@ -13,7 +13,7 @@ from marlseg.config import Config
 from marlseg.errors import ConfigError
 from marlseg.gp_pipelines.recipes import affinity_batches
 from marlseg.gp_pipelines.targets import LSD_CHANNELS
-from marlseg.stages.predict import SHIPPED_CHECKPOINT, affinity_channels, load_model
+from marlseg.inference import SHIPPED_CHECKPOINT, affinity_channels, load_model
 from marlseg.train import TrainPaths, export_path, train
 from tests.tiny import TINY_NET
 
@@ -81,7 +81,7 @@ def test_mtlsd_trains_and_prediction_writes_affinities_only(tmp_path):
     assert affinity_channels(ckpt) == 3
     assert ckpt["model"]["out.conv.conv.weight"].shape[0] == 3 + LSD_CHANNELS
     x = torch.zeros(1, 1, *TINY_NET["input_shape"])
-    from marlseg.stages.predict import predict_windows
+    from marlseg.inference import predict_windows
 
     out = predict_windows(model, x.numpy(), "cpu", 1)
     assert out.shape[1] == 3

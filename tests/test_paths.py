@@ -119,7 +119,7 @@ def test_non_editable_install_finds_the_shipped_checkpoint(tmp_path):
     )
     assert built.returncode == 0, built.stderr[-2000:]
     probe = (
-        "from marlseg.stages.predict import SHIPPED_CHECKPOINT as c, checkpoint_path; "
+        "from marlseg.inference import SHIPPED_CHECKPOINT as c, checkpoint_path; "
         "print(c); assert checkpoint_path(None).is_file()"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

@@ -22,7 +22,7 @@ from skimage.measure import label
 
 from marlseg import metrics
 from marlseg import watershed as W
-from marlseg.stages.segments import apply_lut, load_lut, lut_path
+from marlseg.luts import apply_lut, load_lut, lut_path
 from tests.test_postprocess_helpers import (
     DATA,
     make_config,
@@ -182,7 +182,7 @@ def test_context_covering_the_volume_equals_whole_volume_waterz(tmp_path, mongo_
     """The exact case behind the bound above: with an agglomeration context that covers the
     whole volume, every block's waterz sees what whole-volume waterz sees, so every edge of the
     RAG has exactly the whole-volume merge score (same fragments, same affinities)."""
-    from marlseg.stages.fragments import affinity_source
+    from marlseg.affinities import affinity_source
     from tests.test_postprocess_helpers import run_stage
 
     config = make_config(

@@ -25,7 +25,7 @@ from marlseg.affinities import (
     long_range_affinities,
 )
 from marlseg.config import DatasetRef
-from marlseg.stages.segments import Components, apply_lut, connected_luts
+from marlseg.luts import Components, apply_lut, connected_luts
 
 DATA = Path(__file__).parents[1] / "data" / "fib_train.h5"
 BOUNDARY = DatasetRef(path=DATA, dataset="volumes/predictions/boundary_p1")
@@ -384,7 +384,7 @@ def test_metrics_perfect_and_all_ignored():
 
 def test_epsilon_agglomerate_and_options(boundary):
     from marlseg.config import FragmentsConfig
-    from marlseg.stages.fragments import compute_fragments
+    from marlseg.watershed import compute_fragments
 
     affs = boundary_to_affinities(boundary)
     plain = compute_fragments(affs, FragmentsConfig())

@@ -13,14 +13,9 @@ from funlib.geometry import Coordinate, Roi
 
 from marlseg.config import Config, DatasetRef, NetworkConfig
 from marlseg.errors import ConfigError
+from marlseg.inference import SHIPPED_CHECKPOINT, load_model, predict_region, read_mirrored
 from marlseg.networks.unetr import build_unetr
-from marlseg.stages.predict import (
-    SHIPPED_CHECKPOINT,
-    PredictStage,
-    load_model,
-    predict_region,
-    read_mirrored,
-)
+from marlseg.stages.predict import PredictStage
 from marlseg.volumes import open_volume, prepare_volume, write
 from tests.tiny import TINY_NET
 

@@ -8,8 +8,8 @@ import pytest
 from marlseg.config import load_config
 from marlseg.edge_rl import EdgeRlEnv
 from marlseg.errors import ConfigError
+from marlseg.luts import connected_luts
 from marlseg.segment_methods import mutex_luts, segments_method
-from marlseg.stages.segments import connected_luts
 from tests.test_edge_rl import tube_priors, tube_rag
 
 

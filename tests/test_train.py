@@ -20,7 +20,8 @@ from marlseg.gp_pipelines.recipes import affinity_batches
 from marlseg.networks.unetr import build_unetr, load_encoder
 from marlseg.networks.vit import ViTEncoder
 from marlseg.stages.train import TrainStage
-from marlseg.train import TrainPaths, affinity_loss, segment_and_score, train
+from marlseg.train import TrainPaths, affinity_loss, train
+from marlseg.validation import segment_and_score
 from tests.tiny import TINY_NET
 
 torch.set_num_threads(1)

@@ -202,7 +202,7 @@ def test_predicts_affinities_once_as_the_chain(tmp_path):
     chain's window grid (anchored at the raw's begin, not the crop's) and quantised to uint8
     as ``01`` stores them."""
     from marlseg.affinities import to_unit
-    from marlseg.stages.predict import (
+    from marlseg.inference import (
         checkpoint_path,
         default_margin,
         load_model,

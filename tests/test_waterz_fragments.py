@@ -12,7 +12,7 @@ from marlseg import metrics
 from marlseg import watershed as W
 from marlseg.affinities import boundary_to_affinities
 from marlseg.config import load_config
-from marlseg.stages.fragments import compute_fragments
+from marlseg.watershed import compute_fragments
 from tests.test_postprocess_helpers import DATA
 
 

@@ -26,44 +26,14 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from marlseg import watershed as W
-from marlseg.blockwise import BlockwiseStage
+from marlseg.affinities import affinity_source
 from marlseg.config import Config
+from marlseg.crashtest import maybe_die_for_test
 from marlseg.errors import ConfigError
 from marlseg.labels import unique
 from marlseg.rag import RagStage
-from marlseg.stages.fragments import (
-    affinity_source,
-    maybe_die_for_test,
-    upstream_fingerprint,
-)
-from marlseg.volumes import check_multiple, dataset_exists, open_volume, read
-
-
-def open_fragments(config: Config, mode: str = "r"):
-    """The fragments of ``02`` (a one-line error if they are not there yet)."""
-    ref = config.fragments_ds
-    if not dataset_exists(ref):
-        raise ConfigError(
-            "fragments.fragments", f"no fragments at {ref}: run 02_extract_fragments.py first"
-        )
-    return open_volume(ref, mode=mode, field="fragments.fragments")
-
-
-class FragmentBlocksStage(BlockwiseStage):
-    """A stage over the fragments' ROI in blocks of ``<stage>.block_shape`` (default: the
-    fragments' blocks), without context: what 05 extract and 06 evaluate share."""
-
-    @property
-    def block_shape(self) -> list[int]:
-        own = getattr(self.config, self.name).block_shape
-        return list(own or self.config.fragments.block_shape)
-
-    def voxel_size(self) -> Coordinate:
-        return open_fragments(self.config).voxel_size
-
-    def geometry(self) -> tuple[Roi, Coordinate, Coordinate]:
-        frags = open_fragments(self.config)
-        return frags.roi, Coordinate(self.block_shape), Coordinate((0, 0, 0))
+from marlseg.stages.common import open_fragments, upstream_fingerprint
+from marlseg.volumes import check_multiple, read
 
 
 def agglomerate_block_shape(config: Config) -> list[int]:

@@ -33,9 +33,8 @@ from marlseg import metrics
 from marlseg.blockwise import RunSummary
 from marlseg.crashtest import maybe_die_for_test
 from marlseg.errors import ConfigError
-from marlseg.stages.agglomerate import FragmentBlocksStage, open_fragments
-from marlseg.stages.fragments import ref_id, upstream_fingerprint
-from marlseg.stages.segments import apply_lut, check_lut, check_threshold, load_lut
+from marlseg.luts import apply_lut, check_lut, check_threshold, load_lut
+from marlseg.stages.common import FragmentBlocksStage, open_fragments, ref_id, upstream_fingerprint
 from marlseg.volumes import check_multiple, open_volume, read
 
 MERGE_EVERY = 64

@@ -11,9 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from marlseg.crashtest import maybe_die_for_test
-from marlseg.stages.agglomerate import FragmentBlocksStage, open_fragments
-from marlseg.stages.fragments import check_existing_output, ref_id, upstream_fingerprint
-from marlseg.stages.segments import apply_lut, check_lut, load_lut, lut_digest
+from marlseg.files import file_digest
+from marlseg.luts import apply_lut, check_lut, load_lut
+from marlseg.stages.common import (
+    FragmentBlocksStage,
+    check_existing_output,
+    open_fragments,
+    ref_id,
+    upstream_fingerprint,
+)
 from marlseg.volumes import check_multiple, open_volume, prepare_volume, read, write
 
 
@@ -43,7 +49,7 @@ class ExtractStage(FragmentBlocksStage):
         return {
             "fragments": upstream_fingerprint(self.config),
             "lut": str(lut.absolute()),
-            "lut_digest": lut_digest(lut),
+            "lut_digest": file_digest(lut),
             "threshold": self.config.extract.threshold,
             "block_shape": self.block_shape,
             "output": ref_id(self.config.segmentation_ds()),

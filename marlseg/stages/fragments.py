@@ -19,105 +19,19 @@ lingers.
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from marlseg import watershed as W
-from marlseg.affinities import AffinitySource
+from marlseg.affinities import affinity_source
 from marlseg.blockwise import tracking_dir
-from marlseg.config import Config, DatasetRef, FragmentsConfig
+from marlseg.config import FragmentsConfig
 from marlseg.crashtest import maybe_die_for_test
 from marlseg.errors import ConfigError
 from marlseg.rag import RagStage
-from marlseg.volumes import (
-    check_multiple,
-    dataset_exists,
-    open_volume,
-    prepare_volume,
-    read,
-    write,
-)
-
-
-def affinity_source(config: Config) -> AffinitySource:
-    """The fragments' input: ``fragments.boundary`` if set, else ``fragments.affs`` (default:
-    ``predict``'s output)."""
-    if config.fragments.boundary is None and not dataset_exists(config.fragment_affs):
-        field = "fragments.affs" if config.fragments.affs else "predict.affs"
-        raise ConfigError(
-            field,
-            f"no affinities at {config.fragment_affs} (run 01_predict.py, or set "
-            "fragments.affs or fragments.boundary)",
-        )
-    return AffinitySource(config.fragment_affs, config.fragments.boundary)
-
-
-def ref_id(ref: DatasetRef | None) -> str | None:
-    """A dataset reference as fingerprints record it: absolute, so the scheduler and its
-    workers (whose config has absolute paths) agree, and so does a run from another cwd."""
-    return None if ref is None else f"{Path(ref.path).absolute()}:{ref.dataset}"
-
-
-def section_params(section: FragmentsConfig) -> dict:
-    """A section's parameters without how its workers run (which changes no output)."""
-    params = section.model_dump(mode="json", exclude={"workers"})
-    for key in ("affs", "boundary", "fragments", "mask"):
-        params[key] = ref_id(getattr(section, key))
-    return params
-
-
-def fragments_fingerprint(config: Config) -> dict:
-    """Everything the fragments (and RAG nodes) depend on; downstream stages include it."""
-    src = affinity_source(config)
-    return {
-        "input": ref_id(src.ref),
-        "input_kind": "boundary" if src.is_boundary else "affs",
-        "input_roi": [list(src.roi.offset), list(src.roi.shape)],
-        "voxel_size": list(src.voxel_size),
-        "fragments": section_params(config.fragments),
-        "output": ref_id(config.fragments_ds),
-        "db_name": config.db.name,
-    }
-
-
-def check_existing_output(ref: DatasetRef, field: str, roi: Roi, vs, dtype, chunk_nm) -> None:
-    """An output from an earlier run must match this one (checked without writing)."""
-    if not dataset_exists(ref):
-        return
-    arr = open_volume(ref, field=field)
-    chunks = tuple(int(c) for c in Coordinate(chunk_nm) / Coordinate(vs))
-    src = arr._source_data
-    if (
-        arr.roi != roi
-        or arr.voxel_size != Coordinate(vs)
-        or np.dtype(arr.dtype) != np.dtype(dtype)
-        or tuple(getattr(src, "chunks", ()) or ()) != chunks
-    ):
-        raise ConfigError(
-            f"{field}.dataset",
-            f"{ref} exists with another ROI, voxel size, dtype or chunking "
-            f"({arr.roi}, {arr.voxel_size}, {arr.dtype}, chunks {list(getattr(src, 'chunks', None) or [])}); "
-            f"delete {Path(ref.path).absolute() / ref.dataset} and re-run with --restart, or "
-            "use a fresh run.dir",
-        )
-
-
-GENERATION_ATTR = "marlseg_generation"
-"""Attribute of the fragments dataset naming the fresh start that wrote it."""
-
-
-def upstream_fingerprint(config: Config) -> dict:
-    """What the stages after ``02`` record about the fragments: their parameters plus the
-    generation of the fragments dataset, a random token renewed whenever ``02`` starts afresh
-    (and clears the RAG). A re-run of ``02`` from scratch with unchanged parameters thus still
-    invalidates the blocks done downstream (their edges were cleared with the nodes)."""
-    arr = open_volume(config.fragments_ds, field="fragments.fragments")
-    return {
-        **fragments_fingerprint(config),
-        "generation": arr._source_data.attrs.get(GENERATION_ATTR),
-    }
+from marlseg.stages.common import GENERATION_ATTR, check_existing_output, fragments_fingerprint
+from marlseg.volumes import check_multiple, open_volume, prepare_volume, read, write
 
 
 class FragmentsStage(RagStage):
@@ -236,7 +150,7 @@ class FragmentsStage(RagStage):
         mask = self.read_mask(block.read_roi) if self.mask is not None else None
         if mask is not None:
             affs *= mask
-        frags = compute_fragments(affs, self.section, mask)
+        frags = W.compute_fragments(affs, self.section, mask)
         begin = (block.write_roi.begin - block.read_roi.begin) / vs
         shape = block.write_roi.shape / vs
         crop = frags[tuple(slice(int(b), int(b) + int(s)) for b, s in zip(begin, shape))]
@@ -249,28 +163,3 @@ class FragmentsStage(RagStage):
         nodes, centers, sizes = W.fragment_stats(ids, block.write_roi.offset, vs)
         if nodes.size:
             self.rag.write_nodes(nodes, centers, sizes)
-
-
-def compute_fragments(
-    affs: np.ndarray, section: FragmentsConfig, mask: np.ndarray | None = None
-) -> np.ndarray:
-    """The fragments of one block's read ROI, every option of ``section`` applied."""
-    if section.method == "watershed":
-        frags = W.seeded_watershed(
-            affs, section.boundary_threshold, section.min_seed_distance, section.fragments_in_xy
-        )
-    elif section.method == "waterz":  # epsilon merges in the same waterz call
-        frags = W.waterz_watershed(affs, section.fragments_in_xy, section.epsilon_agglomerate)
-    else:
-        frags = W.mutex_watershed(
-            affs, section.mutex_offsets, section.mutex_bias, section.fragments_in_xy
-        )
-    if mask is not None:
-        frags[~mask] = 0
-    if section.epsilon_agglomerate > 0 and section.method != "waterz":
-        frags = W.epsilon_agglomerate(affs, frags, section.epsilon_agglomerate)
-    if section.filter_fragments > 0:
-        frags = W.filter_by_mean_affinity(frags, affs[:3].mean(axis=0), section.filter_fragments)
-    if section.min_size > 0:
-        frags = W.remove_small(frags, section.min_size)
-    return frags

@@ -16,9 +16,7 @@ into a union-find per threshold. What stays in memory is
 * one batch of edges (``BATCH`` of them: ~300 bytes each as pymongo documents, then 20 as
   ``u``, ``v``, score).
 
-The union-find is vectorised: a batch's endpoints are mapped to their current roots, the
-graph among those roots is solved with ``scipy.sparse.csgraph.connected_components``, and each
-root points at its component's smallest root. Trees are flattened whenever they get deep.
+The union-find is :class:`marlseg.luts.Components` (vectorised, see :mod:`marlseg.luts`).
 
 Scale: 10^9 edges come with ~10^8 fragments (a RAG has ~5-10 edges per node), i.e. 0.8 GB of
 ids plus 0.4 GB per threshold (3.6 GB for nine) and ~30 MB per batch: one machine,
@@ -29,19 +27,13 @@ edge stream by ``u`` range over workers that each emit (root, root) pairs, and u
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from marlseg.config import Config
 from marlseg.errors import ConfigError, MarlsegError
-from marlseg.labels import unique_inverse
+from marlseg.luts import connected_luts, lut_path, save_lut
 from marlseg.segment_methods import mutex_luts, segments_method
 from marlseg.stage import Stage
 
@@ -49,157 +41,6 @@ BATCH = 100_000
 """Edges per batch read from the database. A batch passes through pymongo as documents
 (~300 bytes per edge), so this bounds the stage's transient memory (~30 MB); larger batches
 buy no throughput (``benchmarks/segments_memory.py``)."""
-
-
-class Components:
-    """Connected components over a fixed set of node ids, fed edges batch by batch."""
-
-    def __init__(self, node_ids: np.ndarray):
-        self.ids = np.unique(np.asarray(node_ids, dtype=np.uint64))
-        dtype = np.int32 if self.ids.size < 2**31 else np.int64
-        self.parent = np.arange(self.ids.size, dtype=dtype)
-        self._depth = 0
-
-    def index(self, ids: np.ndarray) -> np.ndarray:
-        """Dense indices of ``ids`` (which must all be nodes)."""
-        ids = np.asarray(ids, dtype=np.uint64)
-        idx = np.searchsorted(self.ids, ids)
-        idx = np.minimum(idx, max(self.ids.size - 1, 0))
-        if ids.size and (self.ids.size == 0 or not np.array_equal(self.ids[idx], ids)):
-            missing = ids[(self.ids.size == 0) | (self.ids[idx] != ids)][:3]
-            raise KeyError(f"edges name fragments that are not RAG nodes, e.g. {missing.tolist()}")
-        return idx.astype(self.parent.dtype)
-
-    def _find(self, x: np.ndarray) -> np.ndarray:
-        r = self.parent[x]
-        depth = 0
-        while True:
-            rr = self.parent[r]
-            if np.array_equal(rr, r):
-                self._depth = max(self._depth, depth)
-                return r
-            r = rr
-            depth += 1
-
-    def add_edges(self, u: np.ndarray, v: np.ndarray) -> None:
-        """Join the components of ``u[i]`` and ``v[i]`` for every ``i``."""
-        if len(u) == 0:
-            return
-        a = self._find(self.index(u))
-        b = self._find(self.index(v))
-        join = a != b
-        a, b = a[join], b[join]
-        if a.size == 0:
-            return
-        roots, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
-        inverse = inverse.reshape(-1)
-        m = roots.size
-        graph = coo_matrix(
-            (np.ones(a.size, dtype=np.int8), (inverse[: a.size], inverse[a.size :])), shape=(m, m)
-        )
-        n_comp, label = connected_components(graph, directed=False)
-        # every root is the smallest index of its component, so the smallest root of a joined
-        # component is its smallest node: the representative never depends on edge order
-        rep = np.full(n_comp, np.iinfo(self.parent.dtype).max, dtype=self.parent.dtype)
-        np.minimum.at(rep, label, roots)
-        self.parent[roots] = rep[label]
-        if self._depth > 8:
-            self.flatten()
-
-    def flatten(self) -> None:
-        self.parent = self._find(np.arange(self.parent.size, dtype=self.parent.dtype))
-        self._depth = 0
-
-    def lut(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(fragment_ids, segment_ids)``: each node and the smallest node id of its
-        component."""
-        self.flatten()
-        return self.ids.copy(), self.ids[self.parent]
-
-
-def connected_luts(
-    node_ids: np.ndarray,
-    edge_batches,
-    thresholds: Sequence[float],
-) -> dict[float, tuple[np.ndarray, np.ndarray]]:
-    """One LUT per threshold from a stream of ``(u, v, score)`` batches (one pass)."""
-    comps = {float(t): Components(node_ids) for t in thresholds}
-    for u, v, score in edge_batches:
-        score = np.asarray(score, dtype=np.float64)
-        for t, comp in comps.items():
-            keep = score <= t
-            comp.add_edges(np.asarray(u)[keep], np.asarray(v)[keep])
-    return {t: comp.lut() for t, comp in comps.items()}
-
-
-# --------------------------------------------------------------------------- LUT files
-
-
-def lut_path(config: Config, threshold: float) -> Path:
-    """``run.dir/luts/<edge_score>_<threshold>.npz`` (threshold with three decimals)."""
-    return Path(config.run.dir) / "luts" / f"{config.segments.edge_score}_{threshold:.3f}.npz"
-
-
-def save_lut(path: Path, fragment_ids: np.ndarray, segment_ids: np.ndarray) -> None:
-    """Write atomically: a killed run leaves the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(
-            f,
-            fragment_ids=fragment_ids.astype(np.uint64),
-            segment_ids=segment_ids.astype(np.uint64),
-        )
-    os.replace(tmp, path)
-
-
-def load_lut(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as data:
-        return data["fragment_ids"], data["segment_ids"]
-
-
-def lut_digest(path: Path) -> str:
-    """Content hash of a LUT file (what the stages downstream fingerprint)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-def apply_lut(
-    fragments: np.ndarray, fragment_ids: np.ndarray, segment_ids: np.ndarray
-) -> np.ndarray:
-    """Relabel ``fragments`` through a LUT; 0 stays 0 and ids missing from the LUT (not RAG
-    nodes) keep their own id."""
-    ids, inverse = unique_inverse(fragments)
-    if fragment_ids.size == 0:
-        mapped = ids.astype(np.uint64)
-    else:
-        idx = np.minimum(np.searchsorted(fragment_ids, ids), fragment_ids.size - 1)
-        mapped = np.where(fragment_ids[idx] == ids, segment_ids[idx], ids).astype(np.uint64)
-    mapped[ids == 0] = 0
-    return mapped.astype(np.uint64)[inverse.reshape(-1)].reshape(fragments.shape)
-
-
-def check_threshold(config: Config, field: str, threshold: float) -> float:
-    """``threshold`` must be one of ``segments.thresholds`` (the ones that have LUTs)."""
-    for t in config.segments.thresholds:
-        if abs(t - threshold) < 1e-9:
-            return t
-    raise ConfigError(
-        field,
-        f"{threshold} is not one of segments.thresholds {config.segments.thresholds}",
-    )
-
-
-def check_lut(config: Config, field: str, threshold: float) -> Path:
-    path = lut_path(config, check_threshold(config, field, threshold))
-    if not path.is_file():
-        raise ConfigError(
-            field, f"no LUT for threshold {threshold} ({path}): run 04_find_segments.py first"
-        )
-    return path
 
 
 # --------------------------------------------------------------------------- the stage

@@ -45,7 +45,7 @@ class TrainStage(Stage):
         if tc.init_encoder is not None:
             self._check_encoder(tc.init_encoder)
         if tc.validation is not None:
-            from marlseg.train import Validation
+            from marlseg.validation import Validation
 
             Validation(tc.validation)
         if tc.export is not None:
@@ -53,7 +53,7 @@ class TrainStage(Stage):
                 raise ConfigError("train.export", f"expected a .pt file, got {tc.export}")
             check_writable("train.export", Path(tc.export).absolute().parent)
         if tc.device == "cuda":
-            from marlseg.stages.predict import select_device
+            from marlseg.inference import select_device
 
             select_device("cuda")
         from marlseg.train import check_resumable
