@@ -4,7 +4,8 @@ A LUT is the aligned arrays ``fragment_ids`` (sorted, every RAG node) and ``segm
 a segment's id is the smallest fragment id in it. :func:`connected_luts` makes one per
 threshold from a stream of edge batches (what ``04_find_segments.py`` and the tuner run);
 ``run.dir/luts/<edge_score>_<t>.npz`` holds them (:func:`lut_path`, :func:`save_lut`,
-:func:`load_lut`), and :func:`apply_lut` relabels fragments through one (``05``, ``06``, the
+:func:`load_lut`, :func:`find_lut`, :func:`lut_thresholds`; :class:`Lut` for readers that
+look at sections), and :func:`apply_lut` relabels fragments through one (``05``, ``06``, the
 tuner).
 
 The union-find is vectorised: a batch's endpoints are mapped to their current roots, the
@@ -16,8 +17,10 @@ May import: marlseg's library modules (config, errors, labels); never a stage.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -169,3 +172,67 @@ def check_lut(config: Config, field: str, threshold: float) -> Path:
             field, f"no LUT for threshold {threshold} ({path}): run 04_find_segments.py first"
         )
     return path
+
+
+@dataclass
+class Lut:
+    """A fragment -> segment lookup table (one threshold)."""
+
+    fragment_ids: np.ndarray
+    segment_ids: np.ndarray
+    path: Path
+
+    @classmethod
+    def load(cls, path: Path) -> Lut:
+        try:
+            with np.load(path) as f:
+                frags, segs = f["fragment_ids"], f["segment_ids"]
+        except (OSError, KeyError, ValueError) as e:
+            raise ConfigError(str(path), f"not a LUT (fragment_ids, segment_ids): {e}") from None
+        if frags.shape != segs.shape or frags.ndim != 1:
+            raise ConfigError(
+                str(path), f"fragment_ids {frags.shape} and segment_ids {segs.shape} differ"
+            )
+        order = np.argsort(frags, kind="stable")
+        return cls(frags[order].astype(np.uint64), segs[order].astype(np.uint64), Path(path))
+
+    def apply(self, fragments: np.ndarray) -> np.ndarray:
+        """Relabel ``fragments``; ids the table does not list (and 0) keep their value, as
+        ``funlib``'s ``replace_values`` leaves them."""
+        x = np.asarray(fragments).astype(np.uint64, copy=False)
+        if self.fragment_ids.size == 0:
+            return x.copy()
+        idx = np.searchsorted(self.fragment_ids, x).clip(0, self.fragment_ids.size - 1)
+        hit = self.fragment_ids[idx] == x
+        return np.where(hit, self.segment_ids[idx], x)
+
+
+def find_lut(config: Config, threshold: float) -> Path | None:
+    """The LUT of ``threshold`` for ``segments.edge_score`` under ``run.dir/luts``. The
+    threshold part of the name is compared as a number, so ``0.5``, ``0.50`` and ``0.500`` all
+    match."""
+    luts = Path(config.run.dir) / "luts"
+    prefix = f"{config.segments.edge_score}_"
+    if not luts.is_dir():
+        return None
+    for path in sorted(luts.glob(f"{prefix}*.npz")):
+        try:
+            t = float(path.stem[len(prefix) :])
+        except ValueError:
+            continue
+        if math.isclose(t, threshold, abs_tol=1e-6):
+            return path
+    return None
+
+
+def lut_thresholds(config: Config) -> list[float]:
+    """Thresholds that have a LUT under ``run.dir/luts``."""
+    luts = Path(config.run.dir) / "luts"
+    prefix = f"{config.segments.edge_score}_"
+    found = []
+    for path in sorted(luts.glob(f"{prefix}*.npz")) if luts.is_dir() else []:
+        try:
+            found.append(float(path.stem[len(prefix) :]))
+        except ValueError:
+            continue
+    return sorted(found)

@@ -1,9 +1,10 @@
 """Which segmentation a threshold means: the scores 06 wrote and the best threshold among
 them, the fragment -> segment lookup tables under ``run.dir/luts``, and the segmentation of a
 threshold as a label volume (the dataset 05 extracted, else the fragments seen through the
-threshold's LUT).
+threshold's LUT, :mod:`marlseg.luts`).
 
-May import :mod:`marlseg.volumes`, :mod:`marlseg.config` and :mod:`marlseg.errors`.
+May import :mod:`marlseg.volumes`, :mod:`marlseg.luts`, :mod:`marlseg.config` and
+:mod:`marlseg.errors`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from funlib.persistence import Array
 from marlseg import volumes
 from marlseg.config import Config, DatasetRef
 from marlseg.errors import ConfigError
+from marlseg.luts import Lut, find_lut
 
 
 def best_threshold(scores: Sequence[dict[str, Any]]) -> float | None:
@@ -51,70 +53,6 @@ def read_scores(run_dir: Path) -> list[dict[str, Any]]:
     if not isinstance(data, list):
         raise ConfigError(str(path), "expected a list of {threshold, voi_split, voi_merge, arand}")
     return data
-
-
-@dataclass
-class Lut:
-    """A fragment -> segment lookup table (one threshold)."""
-
-    fragment_ids: np.ndarray
-    segment_ids: np.ndarray
-    path: Path
-
-    @classmethod
-    def load(cls, path: Path) -> Lut:
-        try:
-            with np.load(path) as f:
-                frags, segs = f["fragment_ids"], f["segment_ids"]
-        except (OSError, KeyError, ValueError) as e:
-            raise ConfigError(str(path), f"not a LUT (fragment_ids, segment_ids): {e}") from None
-        if frags.shape != segs.shape or frags.ndim != 1:
-            raise ConfigError(
-                str(path), f"fragment_ids {frags.shape} and segment_ids {segs.shape} differ"
-            )
-        order = np.argsort(frags, kind="stable")
-        return cls(frags[order].astype(np.uint64), segs[order].astype(np.uint64), Path(path))
-
-    def apply(self, fragments: np.ndarray) -> np.ndarray:
-        """Relabel ``fragments``; ids the table does not list (and 0) keep their value, as
-        ``funlib``'s ``replace_values`` leaves them."""
-        x = np.asarray(fragments).astype(np.uint64, copy=False)
-        if self.fragment_ids.size == 0:
-            return x.copy()
-        idx = np.searchsorted(self.fragment_ids, x).clip(0, self.fragment_ids.size - 1)
-        hit = self.fragment_ids[idx] == x
-        return np.where(hit, self.segment_ids[idx], x)
-
-
-def find_lut(config: Config, threshold: float) -> Path | None:
-    """The LUT of ``threshold`` for ``segments.edge_score`` under ``run.dir/luts``. The
-    threshold part of the name is compared as a number, so ``0.5``, ``0.50`` and ``0.500`` all
-    match."""
-    luts = Path(config.run.dir) / "luts"
-    prefix = f"{config.segments.edge_score}_"
-    if not luts.is_dir():
-        return None
-    for path in sorted(luts.glob(f"{prefix}*.npz")):
-        try:
-            t = float(path.stem[len(prefix) :])
-        except ValueError:
-            continue
-        if math.isclose(t, threshold, abs_tol=1e-6):
-            return path
-    return None
-
-
-def lut_thresholds(config: Config) -> list[float]:
-    """Thresholds that have a LUT under ``run.dir/luts``."""
-    luts = Path(config.run.dir) / "luts"
-    prefix = f"{config.segments.edge_score}_"
-    found = []
-    for path in sorted(luts.glob(f"{prefix}*.npz")) if luts.is_dir() else []:
-        try:
-            found.append(float(path.stem[len(prefix) :]))
-        except ValueError:
-            continue
-    return sorted(found)
 
 
 def extracted_segmentation(config: Config, threshold: float) -> DatasetRef | None:

@@ -29,12 +29,12 @@ import numpy as np
 
 from marlseg.config import Config
 from marlseg.errors import ConfigError
+from marlseg.luts import lut_thresholds
 from marlseg.overlays import open_layers
 from marlseg.segmentations import (
     Labels,
     best_threshold,
     extracted_segmentation,
-    lut_thresholds,
     read_scores,
     segmentation_source,
 )

@@ -30,11 +30,12 @@ from funlib.geometry import Roi
 from marlseg import volumes
 from marlseg.config import Config, DatasetRef
 from marlseg.errors import ConfigError
+from marlseg.luts import Lut
 from marlseg.overlays import write_overlays
 from marlseg.report import write_report
 from marlseg.section_errors import find_errors
 from marlseg.sections import choose_sections, read_section
-from marlseg.segmentations import Lut, best_threshold
+from marlseg.segmentations import best_threshold
 from marlseg.viewer import viewer_state
 
 REPO = Path(__file__).parents[1]
