@@ -47,13 +47,14 @@ SHIPPED_CHECKPOINT = next(
 
 
 # --- the model ------------------------------------------------------------------------------
-def select_device(name: str) -> torch.device:
-    """``auto``: the (worker's) GPU if there is one, else the CPU."""
+def select_device(name: str, field: str = "device") -> torch.device:
+    """``auto``: the (worker's) GPU if there is one, else the CPU; ``cuda`` without a GPU is
+    refused naming ``field`` (the config key that asked for it)."""
     import torch
 
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise ConfigError("device", "cuda requested but no GPU is visible")
+            raise ConfigError(field, "cuda requested but no GPU is visible")
         return torch.device("cuda")
     return torch.device("cpu")
 

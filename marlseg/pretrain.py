@@ -45,6 +45,7 @@ import torch
 
 from marlseg.config import Config
 from marlseg.errors import ConfigError
+from marlseg.inference import select_device
 from marlseg.networks.mae import MaskedAutoencoder
 from marlseg.networks.marl import (
     CollapseGuard,
@@ -90,14 +91,6 @@ empty in ``random`` mode."""
 
 TARGET_KEYS = ("target_sigma", "target_pool", "target_floor", "decoder_local")
 """Settings that change what the MAE reconstructs, or how: a run cannot resume across them."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("pretrain.device", "cuda requested but no GPU is available")
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 class Pretrainer:
@@ -494,7 +487,7 @@ def pretrain(config: Config, restart: bool = False) -> dict[str, Any]:
     if restart and out.dir.exists():
         shutil.rmtree(out.dir)
     out.make()
-    device = resolve_device(p.device)
+    device = select_device(p.device, "pretrain.device")
     trainer = Pretrainer(config, device)
     rows: list[dict[str, Any]] = []
     newest = out.newest_checkpoint()

@@ -244,7 +244,7 @@ def train(
         shutil.rmtree(paths.root)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    device = select_device(tc.device)
+    device = select_device(tc.device, "train.device")
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed & 0xFFFFFFFF)
     random.seed(tc.seed)

@@ -172,7 +172,7 @@ class Affinities:
         p = self.config.predict
         raw = open_volume(self.config.raw, field="raw")
         vs = raw.voxel_size
-        device = select_device(p.device)
+        device = select_device(p.device, "predict.device")
         model, _ = load_model(checkpoint_path(p.checkpoint), device)
         inp = list(model.encoder.img_size)
         margin = default_margin(inp) if p.margin is None else [m // v for m, v in zip(p.margin, vs)]

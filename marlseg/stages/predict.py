@@ -149,7 +149,7 @@ class PredictStage(BlockwiseStage):
         import torch
 
         torch.set_num_threads(max(1, self.workers.cpus))
-        self.device = select_device(self.config.predict.device)
+        self.device = select_device(self.config.predict.device, "predict.device")
         self.model, ckpt = load_model(checkpoint_path(self.config.predict.checkpoint), self.device)
         self.input_shape = list(self.model.encoder.img_size)
         self._ckpt = {**ckpt, "path": checkpoint_path(self.config.predict.checkpoint)}
