@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import chain_inline, postprocess_blocks, segments_memory
+from benchmarks import chain_inline, postprocess_blocks, scale, segments_memory
 
 ROOT = Path(__file__).parents[1]
 
@@ -20,6 +20,7 @@ ROOT = Path(__file__).parents[1]
         (chain_inline, "chain_inline_128.json"),
         (chain_inline, "chain_inline_128_eps.json"),
         (segments_memory, "segments_memory.json"),
+        (scale, "scale_512_watershed.json"),
     ],
 )
 def test_tables_are_generated_from_committed_json(module, name):
