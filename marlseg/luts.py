@@ -197,14 +197,9 @@ class Lut:
         return cls(frags[order].astype(np.uint64), segs[order].astype(np.uint64), Path(path))
 
     def apply(self, fragments: np.ndarray) -> np.ndarray:
-        """Relabel ``fragments``; ids the table does not list (and 0) keep their value, as
-        ``funlib``'s ``replace_values`` leaves them."""
-        x = np.asarray(fragments).astype(np.uint64, copy=False)
-        if self.fragment_ids.size == 0:
-            return x.copy()
-        idx = np.searchsorted(self.fragment_ids, x).clip(0, self.fragment_ids.size - 1)
-        hit = self.fragment_ids[idx] == x
-        return np.where(hit, self.segment_ids[idx], x)
+        """Relabel ``fragments`` as :func:`apply_lut` does (0 and ids the table does not list
+        keep their value)."""
+        return apply_lut(np.asarray(fragments), self.fragment_ids, self.segment_ids)
 
 
 def find_lut(config: Config, threshold: float) -> Path | None:
