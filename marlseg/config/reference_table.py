@@ -14,21 +14,25 @@ from marlseg.config.base import DatasetRef, Section
 from marlseg.config.root import Config
 
 
+def _section_model(annotation: object) -> type[Section] | None:
+    """The section model a field holds (``X`` or ``X | None``), or ``None`` for a plain value."""
+    return next(
+        (
+            a
+            for a in (annotation, *typing.get_args(annotation))
+            if isinstance(a, type) and issubclass(a, Section)
+        ),
+        None,
+    )
+
+
 def reference(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
     """``(key, default, description)`` for every field, nested sections flattened: the
     README's config reference is generated from this, so code and docs are the same text."""
     rows: list[tuple[str, str, str]] = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        ann = field.annotation
-        sub = next(
-            (
-                a
-                for a in (ann, *typing.get_args(ann))
-                if isinstance(a, type) and issubclass(a, Section)
-            ),
-            None,
-        )
+        sub = _section_model(field.annotation)
         if sub is not None and sub is not DatasetRef:
             if field.description:
                 rows.append((key, "", field.description))
@@ -57,12 +61,8 @@ def sections_markdown() -> str:
     root = Path(__file__).resolve().parents[2]
     lines = ["| key | defined in | the stage that runs it |", "|---|---|---|"]
     for name, field in Config.model_fields.items():
-        ann = field.annotation
-        model = next(
-            a
-            for a in (ann, *typing.get_args(ann))
-            if isinstance(a, type) and issubclass(a, Section)
-        )
+        model = _section_model(field.annotation)
+        assert model is not None, name  # every top-level key is a section or a DatasetRef
         defined = Path(inspect.getfile(model)).resolve().relative_to(root)
         stage = STAGES.get(name, "").split(":")[0] if name != "run" else ""
         stage_file = f"`{stage.replace('.', '/')}.py`" if stage else ""
